@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""DBSCAN / HDBSCAN clustering of image features (see clustering/density.py and README_sections/clustering.md).
+
+Run ``python3 DBSCAN.py -h`` for every flag.
+"""
+from clustering.density import build_parser, run
+from clustering.pipeline import run_cli
+
+if __name__ == "__main__":
+    run_cli(run, build_parser())

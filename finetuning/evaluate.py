@@ -1,0 +1,267 @@
+"""Evaluate a fine-tuning run epoch by epoch against its starting model (``evaluate_finetuning.py``).
+
+For the starting model and every checkpoint, the images of a dataset are embedded (whole images resized to the
+training size), grouped into clusters by ground-truth identity (an original with its attacked copies, a meme
+template with its memes: :func:`helpers.datasets.identity_of`), and measured with the seed's cluster statistics
+(:func:`clustering.metrics.cluster_statistics`: diameters, minimum centroid-to-outside distance, mean
+centroid-to-inside distance, centroid-to-centroid distances and the two signal-to-noise ratios). When the dataset
+holds originals and attacked copies, every copy is also searched among the originals: recall@1 per epoch.
+
+Outputs in ``--out``: ``finetuning_evaluation.json``, a violin plot per cluster statistic (``violin_<stat>``),
+the ratios per epoch (``ratios_per_epoch``) and recall@1 per epoch (``recall_per_epoch``), PNG and PDF; the
+descriptors of each model are kept in ``features/`` (feature-store format) so an interrupted run resumes.
+"""
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from helpers.datasets import attack_of, identity_of, resolve_dataset
+from helpers.feature_store import FeatureStoreError, load_features, save_features
+from helpers.image_io import ImageLoadError, SkipReport, load_image
+from helpers.log import get_logger
+from helpers.paths import slugify
+from helpers.plotting import new_figure, save_figure
+
+from .augment import eval_resize
+from .config import FinetuneConfig
+from .models import TrainingModel, build_networks, load_descriptor_net, read_checkpoint
+
+logger = get_logger(__name__)
+
+PER_CLUSTER = {"diameter": "cluster diameter", "min_distance_outside": "min distance centroid -> outside",
+               "mean_distance_inside": "mean distance centroid -> inside",
+               "centroid_to_centroid": "mean distance centroid -> other centroids"}
+GLOBAL = {"sn_ratio1": "ratio 1: separation / dispersion", "sn_ratio2": "ratio 2: centroid spacing / dispersion",
+          "mean_centroid_to_centroid": "mean centroid-to-centroid distance"}
+_EPOCH = re.compile(r"epoch_(\d+)\.pth$")
+
+
+def expand_checkpoints(paths):
+    """``[(epoch, path)]`` sorted by epoch: files as given, folders expanded to their ``epoch_<n>.pth`` files.
+
+    The epoch comes from the file name, else from the checkpoint's ``epoch`` entry.
+    """
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = [p for p in path.iterdir() if _EPOCH.search(p.name)]
+            if not files:
+                raise FileNotFoundError(f"no epoch_<n>.pth checkpoints in {path}")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        for file in files:
+            match = _EPOCH.search(file.name)
+            epoch = int(match.group(1)) if match else int(read_checkpoint(file).get("epoch", len(found) + 1))
+            found.append((epoch, file))
+    epochs = [epoch for epoch, _ in found]
+    if len(set(epochs)) != len(epochs):
+        raise ValueError(f"several checkpoints for the same epoch: {sorted(epochs)}; evaluate one run at a time")
+    return sorted(found)
+
+
+def load_pixels(datasets, size, report=None):
+    """Names and ``uint8 [N, size, size, 3]`` pixels of every readable image of ``datasets`` (decoded once)."""
+    report = report if report is not None else SkipReport()
+    names, pixels = [], []
+    for dataset in datasets:
+        for path in resolve_dataset(dataset).image_paths(report=report):
+            try:
+                image = load_image(path)
+            except ImageLoadError as exc:
+                report.add(path, str(exc))
+                continue
+            names.append(str(path))
+            pixels.append(np.asarray(eval_resize(image, size), dtype=np.uint8))
+    if report:
+        report.warn(logger)
+    if not names:
+        raise ValueError(f"no readable images in {', '.join(map(str, datasets))}")
+    return names, np.stack(pixels)
+
+
+@torch.no_grad()
+def embed_pixels(model, pixels, batch_size=128, device="cpu"):
+    """Descriptors ``float32 [N, d]`` of ``uint8 [N, H, W, 3]`` images by a :class:`TrainingModel`."""
+    model = model.to(device).eval()
+    chunks = []
+    for start in range(0, len(pixels), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size])).to(device)
+        batch = batch.permute(0, 3, 1, 2).float().div_(255)
+        chunks.append(model.descriptor(batch).float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def cluster_labels(names, min_size=2):
+    """Integer cluster id per image from its identity; identities with fewer than ``min_size`` images get -1."""
+    identities = np.array([identity_of(name) for name in names])
+    uniques, codes, counts = np.unique(identities, return_inverse=True, return_counts=True)
+    labels = codes.astype(np.int64)
+    labels[counts[codes] < min_size] = -1
+    return labels
+
+
+def starting_model(payload):
+    """The exact starting model of a run, rebuilt from a checkpoint's ``training_config`` (same seed, same
+    weights source: random, pretrained or the checkpoint it started from)."""
+    saved = dict(payload.get("training_config") or {})
+    if not saved:
+        raise ValueError("the checkpoint has no training_config; give the starting model with --baseline NAME")
+    allowed = set(FinetuneConfig.__dataclass_fields__)
+    config = FinetuneConfig(**{key: value for key, value in saved.items() if key in allowed})
+    net, _, info = build_networks(config)
+    return TrainingModel(net), info
+
+
+def baseline_model(name, weights="random", seed=0, pooling="avg"):
+    """A registry model (``'ResNet18 1x'``...) as :class:`TrainingModel`, or a checkpoint file."""
+    if Path(str(name)).is_file():
+        net, _ = load_descriptor_net(name)
+        return TrainingModel(net)
+    from extractor.models import EmbeddingNet
+
+    return TrainingModel(EmbeddingNet(name, pooling=pooling, weights=weights, seed=seed))
+
+
+def _features(model, slug, pixels, names, folder, device):
+    """Embed (or reuse the stored descriptors of an interrupted run)."""
+    store = Path(folder) / "features" / slug
+    try:
+        stored = load_features(store, mmap=False)
+        if list(stored.names) == list(names):
+            return np.asarray(stored.features)
+    except FeatureStoreError:
+        pass
+    features = embed_pixels(model, pixels, device=device)
+    save_features(store, features.astype(np.float32), names, {"name": slug, "binary": False}, overwrite=True)
+    return features
+
+
+def evaluate_model(features, names, labels, metric="cosine"):
+    """Cluster statistics (and retrieval metrics when there are queries) of one model's descriptors."""
+    from clustering.metrics import cluster_statistics
+
+    stats = cluster_statistics(features, labels, metric=metric)
+    out = {"per_cluster": {key: np.asarray(stats[key], dtype=float) for key in PER_CLUSTER},
+           **{key: stats[key] for key in GLOBAL}, "n_clusters": stats["n_clusters"]}
+    is_query = np.array([attack_of(name) is not None for name in names])
+    if is_query.any() and (~is_query).any():
+        from fast_search.evaluate import retrieval_metrics
+
+        db, queries = np.flatnonzero(~is_query), np.flatnonzero(is_query)
+        metrics = retrieval_metrics(features[db], [names[i] for i in db], features[queries],
+                                    [names[i] for i in queries], metric=metric, ks=(1, 5, 10))
+        out.update({key: metrics[key] for key in ("recall@1", "recall@5", "recall@10", "muap") if key in metrics})
+    return out
+
+
+def _summary(values):
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {"mean": None, "median": None, "q1": None, "q3": None}
+    return {"mean": float(values.mean()), "median": float(np.median(values)),
+            "q1": float(np.quantile(values, 0.25)), "q3": float(np.quantile(values, 0.75))}
+
+
+def plot_violins(results, out):
+    """One violin per model (starting model first) for each per-cluster statistic."""
+    written = []
+    labels = [r["label"] for r in results]
+    for key, title in PER_CLUSTER.items():
+        data = [r["per_cluster"][key][np.isfinite(r["per_cluster"][key])] for r in results]
+        if not any(len(d) for d in data):
+            continue
+        fig, ax = new_figure(figsize=(max(6.0, 0.7 * len(results) + 2), 4.5))
+        positions = [i for i, d in enumerate(data) if len(d)]
+        parts = ax.violinplot([data[i] for i in positions], positions=positions, showmedians=True)
+        if positions and positions[0] == 0:
+            parts["bodies"][0].set_facecolor("#D55E00")          # the starting model stands out
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels(labels, rotation=45, ha="right")
+        ax.set_ylabel("distance")
+        ax.set_title(title)
+        written += save_figure(fig, Path(out) / f"violin_{key}")
+    return written
+
+
+def plot_per_epoch(results, out, keys, name, ylabel):
+    """Values of ``keys`` per epoch, the starting model as a dashed line."""
+    base, epochs = results[0], results[1:]
+    if not epochs or not any(key in base for key in keys):
+        return []
+    fig, ax = new_figure()
+    x = [r["epoch"] for r in epochs]
+    for index, key in enumerate(k for k in keys if k in base):
+        color = f"C{index}"
+        ax.plot(x, [r.get(key) for r in epochs], marker="o", color=color, label=f"{key} (fine-tuned)")
+        ax.axhline(base[key], color=color, linestyle="--", label=f"{key} ({base['label']})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    return save_figure(fig, Path(out) / name)
+
+
+def evaluate_finetuning(checkpoints, datasets, out, baseline=None, baseline_weights="random", seed=0, size=None,
+                        metric="cosine", min_cluster_size=2, device="cpu"):
+    """Evaluate every checkpoint and the starting model; write the JSON and the plots into ``out``.
+
+    Returns
+    -------
+    dict
+        ``models``: one entry per model (starting model first) with its global cluster values, per-cluster
+        summaries and retrieval metrics; ``size``, ``metric``, ``n_images``, ``n_clusters``.
+    """
+    from helpers.results import write_json
+
+    checkpoints = expand_checkpoints(checkpoints)
+    if not checkpoints:
+        raise ValueError("no checkpoints given")
+    first = read_checkpoint(checkpoints[0][1])
+    if size is None:
+        size = int((first.get("training_config") or {}).get("size") or 224)
+    if baseline:
+        start, start_label = baseline_model(baseline, baseline_weights, seed), f"start: {baseline}"
+    else:
+        start, info = starting_model(first)
+        start_label = f"start ({info['start']})"
+    names, pixels = load_pixels(datasets, size)
+    labels = cluster_labels(names, min_cluster_size)
+    if (labels >= 0).sum() == 0:
+        raise ValueError(f"no identity has {min_cluster_size} or more images; clusters need originals with their "
+                         f"copies (<id>.<ext> and <id>_<attack>.<ext>)")
+    logger.info("evaluating %d checkpoints + the starting model on %d images (%d clusters), size %d",
+                len(checkpoints), len(names), len(set(labels[labels >= 0])), size)
+    models = [("start", None, start_label, start)]
+    for epoch, path in checkpoints:
+        models.append((f"epoch_{epoch}", epoch, f"epoch {epoch}", None))
+    results = []
+    for slug, epoch, label, model in models:
+        if model is None:
+            net, _ = load_descriptor_net(dict(checkpoints)[epoch])
+            model = TrainingModel(net)
+        features = _features(model, slugify(slug), pixels, names, out, device)
+        result = evaluate_model(features, names, labels, metric)
+        result.update(label=label, epoch=epoch,
+                      checkpoint=None if epoch is None else str(dict(checkpoints)[epoch]))
+        results.append(result)
+        shown = f", recall@1 {result['recall@1']:.4f}" if "recall@1" in result else ""
+        logger.info("%s: ratio1 %.3f, ratio2 %.3f%s", label, result["sn_ratio1"], result["sn_ratio2"], shown)
+    plots = plot_violins(results, out)
+    plots += plot_per_epoch(results, out, ["sn_ratio1", "sn_ratio2"], "ratios_per_epoch", "ratio")
+    plots += plot_per_epoch(results, out, ["recall@1"], "recall_per_epoch", "recall@1")
+    summary = {"size": size, "metric": metric, "n_images": len(names), "datasets": [str(d) for d in datasets],
+               "n_clusters": int(len(set(labels[labels >= 0]))), "min_cluster_size": min_cluster_size,
+               "models": [{**{k: v for k, v in r.items() if k != "per_cluster"},
+                           "per_cluster": {k: _summary(v) for k, v in r["per_cluster"].items()}}
+                          for r in results],
+               "plots": [str(p) for p in plots]}
+    with_recall = [r for r in results[1:] if "recall@1" in r]
+    if with_recall:
+        best = max(with_recall, key=lambda r: r["recall@1"])
+        summary["best_epoch"] = {"epoch": best["epoch"], "recall@1": best["recall@1"],
+                                 "start_recall@1": results[0].get("recall@1")}
+    write_json(Path(out) / "finetuning_evaluation.json", summary)
+    return summary

@@ -1,0 +1,112 @@
+"""Command-line conventions shared by every script.
+
+Every experiment script builds an ``argparse`` parser, adds the common flags with :func:`add_common_arguments`,
+and parses with :func:`parse_args`, which also reads ``--config FILE`` (YAML). Values from the file become the
+defaults, so flags given on the command line still win. The resolved configuration (every flag's final value)
+is written next to the results by :mod:`helpers.experiment`, and that file can be passed back as ``--config`` to
+re-run the experiment.
+"""
+import argparse
+import sys
+
+import yaml
+
+
+def str2bool(value):
+    """Parse ``True/False`` style flag values (the seed's ``--save True``)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"true", "1", "yes", "y", "on"}:
+        return True
+    if text in {"false", "0", "no", "n", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def add_common_arguments(parser, device=True, seed=True, force=True):
+    """Add ``--config``, ``--log-level`` and, on request, ``--device``, ``--seed`` and ``--force``."""
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="YAML file of flag values (keys are flag names, with - or _); flags given on the "
+                             "command line override it. Each experiment writes its resolved config.yml, which "
+                             "can be passed back here to re-run it.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging verbosity (default: %(default)s)")
+    if device:
+        parser.add_argument("--device", default="auto",
+                            help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    if force:
+        parser.add_argument("--force", action="store_true",
+                            help="overwrite a finished experiment of the same name (refused otherwise)")
+    return parser
+
+
+def load_config_file(path):
+    """Read a YAML config file into a flat ``{dest: value}`` dict.
+
+    A file written by :mod:`helpers.experiment` (``config.yml``) is flat; an ``experiment.yml`` record holds
+    the config under its ``config`` key, which is accepted too.
+    """
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise SystemExit(f"error: config file not found: {path}")
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"error: config file {path} is not valid YAML: {exc}")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SystemExit(f"error: config file {path} must hold a mapping of flag names to values")
+    if "config" in data and isinstance(data["config"], dict) and "command_line" in data:
+        data = data["config"]
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def parse_args(parser, argv=None):
+    """Parse ``argv`` with ``parser``, taking defaults from ``--config FILE`` when given.
+
+    Unknown keys in the file and values outside a flag's choices are errors (reported like argparse errors).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        values = load_config_file(known.config)
+        values.pop("config", None)
+        actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+        unknown = sorted(set(values) - set(actions))
+        if unknown:
+            parser.error(f"config file {known.config} has unknown keys: {', '.join(unknown)}")
+        for dest, value in values.items():
+            action = actions[dest]
+            if action.choices is not None and value is not None:
+                items = value if isinstance(value, list) else [value]
+                bad = [item for item in items if item not in action.choices]
+                if bad:
+                    parser.error(f"config file {known.config}: {dest}={bad[0]!r} is not one of "
+                                 f"{list(action.choices)}")
+            # A value from the file satisfies a required flag or positional.
+            action.required = False
+            if not action.option_strings:
+                action.nargs = "?" if action.nargs in (None, "?") else "*"
+            action.default = value
+    args = parser.parse_args(argv)
+    return args
+
+
+def resolved_config(args):
+    """The final flag values as a plain dict (without ``--config`` itself), ready to be written as YAML."""
+    config = {}
+    for key, value in sorted(vars(args).items()):
+        if key == "config":
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+        if hasattr(value, "__fspath__"):
+            value = str(value)
+        config[key] = value
+    return config

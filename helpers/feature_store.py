@@ -1,0 +1,311 @@
+"""The feature store: one folder per (dataset, algorithm), a file format users rely on.
+
+Layout of ``Features/<dataset>/<algorithm-slug>/``:
+
+- ``features.npy``: ``float32 [N, d]`` for embeddings, or ``uint8 [N, bits/8]`` (``np.packbits`` rows, big-endian
+  bit order) for binary hashes; plain ``.npy``, read memory-mapped, never pickled;
+- ``names.txt``: one image path per line, in the same order as the rows (relative to the repository root when the
+  image lies inside it);
+- ``meta.json``: display name, slug, dim (number of values, or of bits for binary features), dtype, binary flag,
+  number of rows, dataset, preprocessing, weights source and sha256, date and library versions.
+
+A store is written atomically: everything goes into a temporary sibling folder that is renamed into place at the
+end, so an interrupted run never leaves a partial store that looks complete. Long extractions write
+chunks with :class:`ChunkedFeatureWriter` (kept in ``<folder>.partial/``) and resume from the last finished chunk.
+"""
+import datetime as _dt
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import identity_of
+from .paths import FEATURES_DIR, REPO_ROOT, slugify
+from .results import read_json, write_json
+
+FEATURES_FILE = "features.npy"
+NAMES_FILE = "names.txt"
+META_FILE = "meta.json"
+REQUIRED_META = ("name", "slug", "dim", "dtype", "binary", "n")
+
+
+class FeatureStoreError(Exception):
+    """A missing, incomplete or inconsistent feature store."""
+
+
+@dataclass
+class FeatureSet:
+    """Features of one dataset by one algorithm: rows, image names and metadata."""
+
+    features: np.ndarray
+    names: list
+    meta: dict
+
+    def __post_init__(self):
+        if len(self.names) != self.features.shape[0]:
+            raise FeatureStoreError(f"{len(self.names)} names for {self.features.shape[0]} feature rows")
+
+    def __len__(self):
+        return len(self.names)
+
+    @property
+    def binary(self):
+        return bool(self.meta.get("binary", False))
+
+    @property
+    def dim(self):
+        """Number of values per image (bits for binary features)."""
+        return int(self.meta.get("dim", self.features.shape[1] * (8 if self.binary else 1)))
+
+    @property
+    def name(self):
+        return self.meta.get("name", "")
+
+    def identities(self):
+        """Ground-truth identity of each row (see :func:`helpers.datasets.identity_of`)."""
+        return [identity_of(name) for name in self.names]
+
+    def unpacked_bits(self):
+        """Binary features as a ``uint8 [N, bits]`` array of 0/1."""
+        if not self.binary:
+            raise FeatureStoreError("unpacked_bits() is only defined for binary features")
+        return np.unpackbits(np.asarray(self.features), axis=1)[:, : self.dim]
+
+
+def feature_dir(dataset, algorithm, root=FEATURES_DIR):
+    """``root/<dataset>/<algorithm-slug>``; ``dataset`` is a dataset name (see :mod:`helpers.datasets`)."""
+    return Path(root) / str(dataset) / slugify(algorithm)
+
+
+def display_path(path):
+    """A path as stored in ``names.txt``: relative to the repository root when inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _complete_meta(meta, features):
+    meta = dict(meta)
+    missing = [key for key in ("name",) if key not in meta]
+    if missing:
+        raise FeatureStoreError(f"meta lacks {missing}")
+    binary = bool(meta.get("binary", features.dtype == np.uint8))
+    meta.setdefault("slug", slugify(meta["name"]))
+    meta["binary"] = binary
+    meta["dtype"] = str(features.dtype)
+    meta["n"] = int(features.shape[0])
+    meta.setdefault("dim", int(features.shape[1] * (8 if binary else 1)))
+    meta.setdefault("created", _dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+    if "versions" not in meta:
+        meta["versions"] = {"numpy": np.__version__}
+        for module in ("torch", "torchvision", "PIL"):
+            try:
+                meta["versions"][module] = __import__(module).__version__
+            except ImportError:
+                pass
+    return meta
+
+
+def _validate(features, names):
+    if features.ndim != 2:
+        raise FeatureStoreError(f"features must be a 2-D array, got shape {features.shape}")
+    if features.dtype not in (np.float32, np.uint8):
+        raise FeatureStoreError(f"features must be float32 or uint8 (packed bits), got {features.dtype}")
+    if len(names) != features.shape[0]:
+        raise FeatureStoreError(f"{len(names)} names for {features.shape[0]} feature rows")
+    bad = [name for name in names if "\n" in str(name)]
+    if bad:
+        raise FeatureStoreError(f"image names cannot contain newlines: {bad[0]!r}")
+
+
+def _install(tmp, folder, overwrite):
+    """Move the finished temporary folder ``tmp`` to ``folder`` (replacing it when ``overwrite``)."""
+    folder = Path(folder)
+    if folder.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FeatureStoreError(f"{folder} already exists; pass overwrite=True (--force) to replace it")
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, folder)
+    return folder
+
+
+def _new_tmp(folder):
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _write_names(path, names):
+    with open(path, "w", encoding="utf-8") as handle:
+        for name in names:
+            handle.write(f"{name}\n")
+
+
+def save_features(folder, features, names, meta, overwrite=False):
+    """Write a feature store atomically.
+
+    Parameters
+    ----------
+    folder : path
+        Target folder, usually :func:`feature_dir`.
+    features : ndarray
+        ``float32 [N, d]`` or packed bits ``uint8 [N, bits/8]``.
+    names : sequence of str
+        Image paths, one per row.
+    meta : dict
+        At least ``name``; ``binary``, ``dim`` (bits for binary), ``preprocessing``, ``weights`` ... are kept.
+    overwrite : bool
+        Replace an existing store.
+    """
+    features = np.ascontiguousarray(features)
+    names = [str(name) for name in names]
+    _validate(features, names)
+    meta = _complete_meta(meta, features)
+    tmp = _new_tmp(folder)
+    np.save(tmp / FEATURES_FILE, features, allow_pickle=False)
+    _write_names(tmp / NAMES_FILE, names)
+    write_json(tmp / META_FILE, meta)  # written last inside tmp; the rename below is what publishes the store
+    return _install(tmp, folder, overwrite)
+
+
+def _read_names(path):
+    with open(path, "r", encoding="utf-8") as handle:
+        return [line.rstrip("\n") for line in handle]
+
+
+def load_features(folder, mmap=True):
+    """Read a feature store (memory-mapped by default).
+
+    Raises
+    ------
+    FeatureStoreError
+        When the folder is missing or incomplete, or its files disagree.
+    """
+    folder = Path(folder)
+    missing = [name for name in (FEATURES_FILE, NAMES_FILE, META_FILE) if not (folder / name).is_file()]
+    if missing:
+        partial = folder.with_name(folder.name + ".partial")
+        extra = f" (an interrupted extraction is in {partial}; re-run it to resume)" if partial.exists() else ""
+        raise FeatureStoreError(f"no complete feature store in {folder}: missing {', '.join(missing)}{extra}")
+    meta = read_json(folder / META_FILE)
+    lacking = [key for key in REQUIRED_META if key not in meta]
+    if lacking:
+        raise FeatureStoreError(f"{folder / META_FILE} lacks {lacking}")
+    features = np.load(folder / FEATURES_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+    names = _read_names(folder / NAMES_FILE)
+    if features.shape[0] != meta["n"] or len(names) != meta["n"]:
+        raise FeatureStoreError(f"{folder}: meta says {meta['n']} rows, features.npy has {features.shape[0]}, "
+                                f"names.txt has {len(names)}")
+    return FeatureSet(features, names, meta)
+
+
+def load_dataset_features(dataset, algorithm, root=FEATURES_DIR, mmap=True):
+    """Load ``Features/<dataset>/<slug(algorithm)>``, with an error that gives the command creating it."""
+    folder = feature_dir(dataset, algorithm, root)
+    try:
+        return load_features(folder, mmap=mmap)
+    except FeatureStoreError as exc:
+        raise FeatureStoreError(f"{exc}. Create it with: python3 extract_features.py --algo \"{algorithm}\" "
+                                f"--dataset {dataset}") from None
+
+
+def combine_features(main, distractor):
+    """Concatenate a main dataset's features with a distractor dataset's (the seed's ``combine_features``).
+
+    The distractors come after the main rows; both must come from the same algorithm.
+    """
+    if main.binary != distractor.binary or main.features.shape[1] != distractor.features.shape[1]:
+        raise FeatureStoreError("cannot combine features of different algorithms: "
+                                f"{main.name} {main.features.shape} vs {distractor.name} {distractor.features.shape}")
+    features = np.concatenate([np.asarray(main.features), np.asarray(distractor.features)], axis=0)
+    meta = dict(main.meta)
+    meta["n"] = int(features.shape[0])
+    meta["dataset"] = f"{main.meta.get('dataset', '?')}+{distractor.meta.get('dataset', '?')}"
+    meta["n_main"] = len(main)
+    return FeatureSet(features, list(main.names) + list(distractor.names), meta)
+
+
+class ChunkedFeatureWriter:
+    """Resumable writer: chunks go to ``<folder>.partial/``; :meth:`finalize` publishes the store atomically.
+
+    A chunk counts as written only once its ``.npy`` file is renamed into place (after its names file), so a
+    kill at any moment leaves either a whole chunk or none.
+    """
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.partial = self.folder.with_name(self.folder.name + ".partial")
+        self.partial.mkdir(parents=True, exist_ok=True)
+
+    def _chunk_files(self):
+        return sorted(self.partial.glob("chunk_*.npy"))
+
+    def completed_names(self):
+        """Names already written, in order (chunks must be contiguous from 0)."""
+        names = []
+        for index, path in enumerate(self._chunk_files()):
+            if path.name != f"chunk_{index:06d}.npy":
+                raise FeatureStoreError(f"non-contiguous chunks in {self.partial}; delete it to restart")
+            names.extend(_read_names(path.with_suffix(".txt")))
+        return names
+
+    def write_chunk(self, features, names):
+        """Append one chunk (features rows with their names)."""
+        features = np.ascontiguousarray(features)
+        names = [str(name) for name in names]
+        _validate(features, names)
+        index = len(self._chunk_files())
+        stem = self.partial / f"chunk_{index:06d}"
+        _write_names(stem.with_suffix(".txt"), names)
+        tmp = self.partial / f".chunk_{index:06d}.tmp.npy"
+        np.save(tmp, features, allow_pickle=False)
+        os.replace(tmp, stem.with_suffix(".npy"))
+
+    def finalize(self, meta, overwrite=False):
+        """Stream all chunks into ``features.npy`` (never all in memory) and publish the store."""
+        chunks = self._chunk_files()
+        if not chunks:
+            raise FeatureStoreError(f"nothing to finalize in {self.partial}")
+        arrays = [np.load(path, mmap_mode="r", allow_pickle=False) for path in chunks]
+        names = self.completed_names()
+        width, dtype = arrays[0].shape[1], arrays[0].dtype
+        if any(a.shape[1] != width or a.dtype != dtype for a in arrays):
+            raise FeatureStoreError(f"chunks in {self.partial} disagree in width or dtype")
+        total = sum(a.shape[0] for a in arrays)
+        tmp = _new_tmp(self.folder)
+        out = np.lib.format.open_memmap(tmp / FEATURES_FILE, mode="w+", dtype=dtype, shape=(total, width))
+        start = 0
+        for array in arrays:
+            out[start:start + array.shape[0]] = array
+            start += array.shape[0]
+        out.flush()
+        del out
+        _write_names(tmp / NAMES_FILE, names)
+        write_json(tmp / META_FILE, _complete_meta(meta, _Shape(total, width, dtype)))
+        _install(tmp, self.folder, overwrite)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        return self.folder
+
+    def discard(self):
+        """Remove the partial chunks (restart from scratch)."""
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+
+class _Shape:
+    """Stand-in with the ``shape``/``dtype`` of an array that is only on disk."""
+
+    def __init__(self, n, width, dtype):
+        self.shape = (n, width)
+        self.dtype = np.dtype(dtype)

@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""k-means clustering of image features, k given or estimated (see clustering/kmeans.py and README_sections/clustering.md).
+
+Run ``python3 kmeans.py -h`` for every flag.
+"""
+from clustering.kmeans import build_parser, run
+from clustering.pipeline import run_cli
+
+if __name__ == "__main__":
+    run_cli(run, build_parser())
