@@ -210,7 +210,6 @@ def search_entry(name, index, queries, k, repeats, flops, targets, exact_ids, id
 def main(argv=None):
     args = parse_args(argv)
     import faiss
-    import torch
 
     from helpers.device import device_description, resolve_device
     from helpers.experiment import environment_info

@@ -9,7 +9,6 @@ so the ratio is indicative only; both are printed with what they measured.
     python3 benchmarks/bench_search_seed_scale.py --device cuda
 """
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import ImageDraw
 
 from helpers.image_io import SkipReport, list_images
 from helpers.seeding import stable_seed

@@ -13,7 +13,7 @@
   command continues from the last finished chunk and writes the same ``features.npy`` as an uninterrupted run;
 - a finished store is not recomputed unless ``force``;
 - under ``torchrun`` each rank extracts one contiguous shard; rank 0 merges them in order
-  (:mod:`extractor.distributed`);
+  (:mod:`helpers.distributed`);
 - post-processing (:mod:`extractor.postprocess`): L2 normalisation, PCA / PCA-whitening fitted on a chosen
   dataset, multi-layer features, each written as its own store next to the raw one.
 
@@ -37,12 +37,12 @@ from helpers.datasets import resolve_dataset
 from helpers.device import resolve_device
 from helpers.feature_store import (ChunkedFeatureWriter, FeatureStoreError, display_path, feature_dir,
                                    load_features)
+from helpers import distributed
 from helpers.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, SkipReport, load_image
 from helpers.log import get_logger
 from helpers.paths import FEATURES_DIR
 from helpers.results import read_json, write_json
 
-from . import distributed
 from .models import build_model, load_checkpoint
 from .postprocess import MultiLayerFeatures, postprocess_store
 from .registry import CheckpointSpec, checkpoint_name, resolve_algorithm
@@ -471,8 +471,8 @@ def _extract_dataset(job, dataset, paths, listing_skips, *, out, dist, force, ch
                                                        "dim")}
         fingerprint.update(chunk_size=chunk_size, images=_names_digest(display), shard=[start, stop],
                            device_type=torch.device(device).type)
-        folder = _rank_folder(folders[k], dist.rank, dist.world_size) if dist.enabled else folders[k]
-        if dist.enabled and _existing(folder) is not None and not force:
+        folder = _rank_folder(folders[k], dist.rank, dist.world_size) if dist.distributed else folders[k]
+        if dist.distributed and _existing(folder) is not None and not force:
             continue  # this rank finished before an interruption of the merge
         targets.append((k, _Target(folder, meta, job.widths[k], job.dtypes[k], fingerprint, display[start:stop],
                                    chunk_size, restart=force)))
@@ -480,7 +480,7 @@ def _extract_dataset(job, dataset, paths, listing_skips, *, out, dist, force, ch
         workers = auto_workers(device, job.hashes_only) if workers is None else workers
         batch_fn = job.batch_fn_factory([k for k, _ in targets])
         desc = f"{' + '.join(job.names[k] for k, _ in targets)} | {dataset.name}"
-        if dist.enabled:
+        if dist.distributed:
             desc = f"[rank {dist.rank}] {desc}"
         seconds = _run_pass(paths, display, [t for _, t in targets], job.item_fn, batch_fn, start=start, stop=stop,
                             chunk_size=chunk_size, batch_size=batch_size, workers=workers, device=device, desc=desc,
@@ -489,11 +489,11 @@ def _extract_dataset(job, dataset, paths, listing_skips, *, out, dist, force, ch
         for k, target in targets:
             target.meta["extraction_seconds"] = round(seconds, 3)
             target.skipped = listing_skips + target.skipped if dist.is_main else target.skipped
-            folder = target.finalize(overwrite=force or dist.enabled)
-            if not dist.enabled:
+            folder = target.finalize(overwrite=force or dist.distributed)
+            if not dist.distributed:
                 _warn_skips(target.skipped, folder)
     dist.barrier()
-    if dist.enabled and dist.is_main:
+    if dist.distributed and dist.is_main:
         for k in todo:
             meta = dict(job.metas[k], **common)
             _merge_ranks(folders[k], dist, meta, overwrite=True)
@@ -690,7 +690,7 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
         if not paths:
             raise ValueError(f"dataset {ds.name!r} has no images ({', '.join(map(str, ds.folders))})")
         listings[ds.name] = (paths, list(report.items))
-    dist, device = distributed.context(resolve_device(device))
+    dist, device = distributed.join_process_group(resolve_device(device))
     if decode == "gpu" and neural and device.type != "cuda":
         dist.close()
         raise ValueError(f"--decode gpu needs a CUDA device, got --device {device}; use --decode cpu or auto")

@@ -4,7 +4,6 @@
 :class:`FinetuneConfig` is the resolved configuration the trainer runs (built from the parsed flags by
 :func:`config_from_args`, or directly in Python and tests).
 """
-import argparse
 from dataclasses import asdict, dataclass, field, fields
 
 from helpers.cli import str2bool

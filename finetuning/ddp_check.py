@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from helpers.distributed import join_process_group
+
 from . import distributed as D
 from . import losses
 from .trainer import LossSpec, compute_loss, make_sampler, prepare_model, unwrap
@@ -107,7 +109,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for ddp_grads.npz and sampler_rank<r>.npy")
     args = parser.parse_args(argv)
-    info = D.init_from_env("cpu")
+    info, _ = join_process_group("cpu")
     if not info.distributed:
         raise SystemExit("error: run under torchrun with --nproc_per_node >= 2")
     torch.set_num_threads(1)
@@ -130,8 +132,8 @@ def main(argv=None):
     np.save(out / f"sampler_rank{info.rank}.npy", np.array(draws, dtype=np.int64))
     if info.is_main:
         np.savez(out / "ddp_grads.npz", world_size=np.array(info.world_size), **arrays)
-    D.barrier()
-    D.cleanup()
+    info.barrier()
+    info.close()
     return 0
 
 

@@ -1,37 +1,15 @@
-"""Distributed plumbing for fine-tuning: process groups from torchrun or a local spawn, the gather with gradient.
+"""Collectives of fine-tuning: the all-gather whose backward sums gradients across processes, reductions for
+logging, and the local spawn's rendezvous port.
 
-A run is distributed when ``torchrun`` (``python -m torch.distributed.run``) started it (the ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` environment variables are set; that covers
-multi-GPU and multi-node runs) or when ``finetune.py --gpus N`` spawns ``N`` local processes itself. NCCL is used
-on CUDA and gloo on CPU, so everything, including the tests, also runs on a CPU-only machine.
+Joining the process group (torchrun, or ``finetune.py --gpus N`` spawning ``N`` local processes) is
+:func:`helpers.distributed.join_process_group`; NCCL on CUDA, gloo on CPU.
 """
-import os
 import socket
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process stands: its global rank, the number of processes, and its rank on this node."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def distributed(self):
-        return self.world_size > 1
-
-    @property
-    def is_main(self):
-        return self.rank == 0
-
-
-def is_initialized():
-    return dist.is_available() and dist.is_initialized()
+from helpers.distributed import is_initialized
 
 
 def world_size():
@@ -42,43 +20,11 @@ def rank():
     return dist.get_rank() if is_initialized() else 0
 
 
-def launched_by_torchrun():
-    """True when the environment of ``torchrun`` (or any launcher that sets ``WORLD_SIZE``/``RANK``) is present."""
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
-
-
 def free_port():
     """A TCP port that was free a moment ago (for a local rendezvous)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def backend_for(device):
-    """``nccl`` for CUDA devices, ``gloo`` otherwise."""
-    return "nccl" if torch.device(device).type == "cuda" else "gloo"
-
-
-def init_process_group(rank, world_size, backend="gloo", init_method=None, local_rank=None):
-    """Join (or create) the default process group and return this process's :class:`DistInfo`.
-
-    ``init_method`` defaults to ``env://`` (torchrun's variables).
-    """
-    if world_size > 1 and not is_initialized():
-        dist.init_process_group(backend=backend, init_method=init_method or "env://", rank=rank,
-                                world_size=world_size)
-    return DistInfo(rank, world_size, rank if local_rank is None else local_rank)
-
-
-def init_from_env(device_type="cpu"):
-    """Initialise from torchrun's environment variables when present; otherwise a single-process run."""
-    if not launched_by_torchrun() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return DistInfo()
-    world = int(os.environ["WORLD_SIZE"])
-    global_rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", global_rank))
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    return init_process_group(global_rank, world, backend=backend, local_rank=local_rank)
 
 
 def cleanup():

@@ -23,6 +23,7 @@ import torch
 
 from helpers.datasets import resolve_dataset
 from helpers.device import resolve_device
+from helpers.distributed import join_process_group, launched_by_torchrun
 from helpers.experiment import is_finished, start_experiment
 from helpers.image_io import SkipReport
 from helpers.log import get_logger, setup_logging
@@ -265,7 +266,7 @@ def run_finetuning(config):
     Returns the summary dict of rank 0 (``best_epoch``, ``best_value``, ``run_dir``, ``history``...) or ``None``
     on the other ranks and after a local spawn (read ``best_epoch.json`` then).
     """
-    if config.gpus > 1 and not D.launched_by_torchrun():
+    if config.gpus > 1 and not launched_by_torchrun():
         port = D.free_port()
         torch.multiprocessing.spawn(_spawned_worker, args=(config, port), nprocs=config.gpus, join=True)
         best = Path(config.log_dir) / BEST_FILE
@@ -281,25 +282,15 @@ def _spawned_worker(local_rank, config, port):
     _worker(config)
 
 
-def _process_device(config):
-    device = resolve_device(config.device)
-    if device.type == "cuda" and D.launched_by_torchrun():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    return device
-
-
 def _worker(config):
-    device = _process_device(config)
-    info = D.init_from_env(device.type)
+    info, device = join_process_group(resolve_device(config.device))
     try:
         if device.type == "cpu" and info.distributed:
             local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
         return Trainer(config, info, device).run()
     finally:
-        D.cleanup()
+        info.close()
 
 
 class Trainer:

@@ -1,5 +1,4 @@
 """finetune.py end to end on generated images: checkpoints, TensorBoard, best epoch, exact resume, modes, errors."""
-import shutil
 from pathlib import Path
 
 import pytest
