@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""DBSCAN / HDBSCAN clustering of image features (see clustering/density.py and README_sections/clustering.md).
+"""DBSCAN / HDBSCAN clustering of image features (see clustering/density.py and the Clustering section of README.md).
 
 Run ``python3 DBSCAN.py -h`` for every flag.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hierarchical clustering of image features (see clustering/hierarchical.py and README_sections/clustering.md).
+"""Hierarchical clustering of image features (see clustering/hierarchical.py and the Clustering section of README.md).
 
 Run ``python3 hierarchical.py -h`` for every flag.
 """

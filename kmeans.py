@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""k-means clustering of image features, k given or estimated (see clustering/kmeans.py and README_sections/clustering.md).
+"""k-means clustering of image features, k given or estimated (see clustering/kmeans.py and the Clustering section of README.md).
 
 Run ``python3 kmeans.py -h`` for every flag.
 """
