@@ -16,6 +16,7 @@ closer** for every metric:
 
 Missing neighbours (an approximate index can return fewer than ``k``) have id ``-1`` and distance ``inf``.
 """
+import functools
 import re
 import warnings
 
@@ -437,15 +438,19 @@ class BruteForceIndex(_BaseIndex):
         return dist, ids
 
 
-def crop_resistant_distance_fn():
-    """``extractor.hashing.crop_resistant_distances``, or a ``ValueError`` saying it is not available."""
+def crop_resistant_distance_fn(segment_bits=64, hamming_cutoff=None):
+    """``extractor.hashing.crop_resistant_distances`` for segments of ``segment_bits`` bits (the store's
+    ``meta.json`` gives both values), or a ``ValueError`` saying it is not available."""
     try:
         from extractor.hashing import crop_resistant_distances
     except ImportError as exc:
         raise ValueError("these features use crop-resistant matching (meta.json \"matching\": "
                          "\"crop_resistant\"), which needs extractor.hashing.crop_resistant_distances; it is not "
                          f"available in this installation ({exc})") from None
-    return crop_resistant_distances
+    distance_fn = functools.partial(crop_resistant_distances, segment_bits=int(segment_bits),
+                                    hamming_cutoff=hamming_cutoff)
+    distance_fn.__name__ = "crop_resistant_distances"
+    return distance_fn
 
 
 def choose_backend(backend, device, factory, metric, binary=False):

@@ -20,7 +20,8 @@ from helpers.results import write_json
 
 from . import metrics as M
 from .evaluate import summarize_search
-from .index import CROP_RESISTANT, check_metric, choose_backend, make_index, prepare_vectors, to_binary_factory
+from .index import (CROP_RESISTANT, check_metric, choose_backend, crop_resistant_distance_fn, make_index,
+                    prepare_vectors, to_binary_factory)
 
 logger = get_logger(__name__)
 
@@ -177,6 +178,12 @@ class Experiment:
             self._prepared = (kind, db, queries)
         return self._prepared[1], self._prepared[2]
 
+    def distance_fn(self, metric):
+        """The crop-resistant matching rule with this store's segment size (``None`` for the other metrics)."""
+        if metric != CROP_RESISTANT:
+            return None
+        return crop_resistant_distance_fn(self.meta.get("segment_bits", 64), self.meta.get("hamming_cutoff"))
+
     # -- the seed's interface ---------------------------------------------------------------------------------
     def set_index(self, factory_str, metric="cosine"):
         """Replace the current index by a new, empty one (the data stays loaded)."""
@@ -186,7 +193,8 @@ class Experiment:
         metric = self.resolve_metrics([metric])[0]
         factory_str = self.factory_for(factory_str)
         self.index = make_index(factory_str, metric, self.d, binary=self.binary, device=self.device,
-                                backend=self.backend, batch_size=self.batch_size, train_size=self.train_size)
+                                backend=self.backend, batch_size=self.batch_size, train_size=self.train_size,
+                                distance_fn=self.distance_fn(metric))
         self.factory_str, self.metric = self.index.factory, metric
         self.experiment_name = f"{self.factory_str}--{self.metric}"
         self.D = self.I = None
@@ -384,7 +392,7 @@ def _exact_ids(experiment, metric, k, cache):
         else:
             index = make_index(experiment.factory_for("Flat"), metric, experiment.d, binary=experiment.binary,
                                device=experiment.device, backend=experiment.backend,
-                               batch_size=experiment.batch_size)
+                               batch_size=experiment.batch_size, distance_fn=experiment.distance_fn(metric))
             db, queries = experiment.prepared(metric)
             index.add(db)
             cache[key] = index.search(queries, k)[1]

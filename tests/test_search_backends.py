@@ -242,8 +242,9 @@ def test_crop_resistant_uses_the_extractor_distance(monkeypatch, binary_data):
     db, queries, _, _ = binary_data
     calls = []
 
-    def crop_resistant_distances(query_rows, db_rows):  # stand-in: hamming, recording the calls
+    def crop_resistant_distances(query_rows, db_rows, **rule):  # stand-in: hamming, recording the calls
         calls.append((len(query_rows), len(db_rows)))
+        assert rule == {"segment_bits": 64, "hamming_cutoff": None}
         return oracle_distances(db_rows, query_rows, "hamming")
 
     fake = types.ModuleType("extractor.hashing")

@@ -13,7 +13,7 @@ from fast_search.experiment import format_results_table, run_experiment
 from fast_search.search import Experiment, compare_k_Flat, compare_metrics_Flat, compare_nprobe_IVF
 from helpers.experiment import ExperimentExistsError
 from helpers.results import read_json
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, synthetic_photo
 from tests.test_search_backends import oracle_distances, oracle_quality, oracle_search, without_near_ties
 
 FLOAT, RELU, HASH = "Float 16", "Relu 16", "Hash 64 bits"
@@ -194,13 +194,41 @@ def test_crop_resistant_store(tmp_path, store, monkeypatch):
     S.write_store(store["root"], "main", "Crop 64", codes, store["db_names"], matching="crop_resistant")
     S.write_store(store["root"], "queries", "Crop 64", queries, store["q_names"], matching="crop_resistant")
     fake = types.ModuleType("extractor.hashing")
-    fake.crop_resistant_distances = lambda q, db: oracle_distances(db, q, "hamming")
+    fake.crop_resistant_distances = lambda q, db, **rule: oracle_distances(db, q, "hamming")
     monkeypatch.setitem(sys.modules, "extractor.hashing", fake)
     results = _run(tmp_path, store, algo=["Crop 64"], distractor_dataset=None, ks=[1], metrics=["cosine"])
     run = results["algorithms"]["Crop 64"]["runs"]["BFlat--crop_resistant"]
     assert run["backend"] == "brute-force" and run["recall"] == 1.0
     with pytest.raises(ValueError, match="brute force"):
         _run(tmp_path, store, name="x", algo=["Crop 64"], distractor_dataset=None, experiment="nprobe")
+
+
+def test_crop_resistant_search_uses_the_stores_segment_size(tmp_path):
+    """256-bit segments (dhash 16): the search must read the segment size and cutoff from meta.json; imagehash's
+    own ImageMultiHash distance is the reference."""
+    import imagehash  # the test oracle (requirements-dev.txt)
+    from extractor.hashing import CropResistantHash
+
+    spec = CropResistantHash(hash_size=16)
+    originals = {f"img{i}": synthetic_photo(320 - 10 * i, 240, seed=50 + i) for i in range(5)}
+    copies = {f"img{i}_crop{c}": image.crop((8 * c, 6 * c, image.width - 30, image.height - 20 * c))
+              for i, image in enumerate(originals.values()) for c in (1, 3)}
+    for dataset, images in (("main", originals), ("queries", copies)):
+        rows = np.stack([spec.compute(image) for image in images.values()])
+        S.write_store(tmp_path, dataset, spec.name, rows, [f"{name}.png" for name in images], **spec.meta())
+    exp = Experiment(spec.name, "main", "queries", features_root=tmp_path)
+    exp.set_index("Flat", metric="crop_resistant")
+    exp.search(k=len(originals))
+
+    def reference(image):
+        return imagehash.crop_resistant_hash(image, hash_func=lambda im: imagehash.dhash(im, 16), limit_segments=16)
+
+    refs_db = [reference(image) for image in originals.values()]
+    for q, image in enumerate(copies.values()):
+        ref_q = reference(image)
+        want = np.array([ref_q - ref_db for ref_db in refs_db])
+        np.testing.assert_allclose(exp.D[q], np.sort(want), err_msg=list(copies)[q])
+        assert want[exp.I[q, 0]] == want.min()
 
 
 def test_results_table_reads_the_seed_layout():
