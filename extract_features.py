@@ -75,7 +75,12 @@ def build_parser():
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--list", action="store_true", help="list the known models and hashes, then exit")
     parser.add_argument("--force", action="store_true",
-                        help="recompute feature stores that already exist (they are kept otherwise)")
+                        help="recompute feature stores that already exist (a store is kept only when its "
+                             "fingerprint matches: same algorithm, weights, preprocessing, precision, decode path "
+                             "and image files; otherwise it is recomputed with a warning)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="stop with an error when another process is writing the same store (default: wait "
+                             "for it, then reuse what it wrote)")
     add_common_arguments(parser, force=False)
     return parser
 
@@ -109,6 +114,7 @@ def main(argv=None):
     from extractor.models import WeightsUnavailableError
     from helpers.feature_store import FeatureStoreError
     from helpers.image_io import ImageLoadError
+    from helpers.locking import LockBusyError
     from helpers.paths import FEATURES_DIR
 
     try:
@@ -117,8 +123,10 @@ def main(argv=None):
             weights=args.weights, precision=args.precision, out=args.out or FEATURES_DIR,
             checkpoint=args.checkpoint, name=args.name, force=args.force, l2_normalize=args.l2_normalize,
             pca=args.pca, pca_fit_dataset=args.pca_fit_dataset, whiten=args.whiten, layers=args.layers,
-            seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode)
-    except (ValueError, FileNotFoundError, WeightsUnavailableError, FeatureStoreError, ImageLoadError) as exc:
+            seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode,
+            wait=not args.no_wait)
+    except (ValueError, FileNotFoundError, WeightsUnavailableError, FeatureStoreError, ImageLoadError,
+            LockBusyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for folder in folders:

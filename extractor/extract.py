@@ -36,7 +36,8 @@ from tqdm import tqdm
 from helpers.datasets import resolve_dataset
 from helpers.device import resolve_device
 from helpers.feature_store import (ChunkedFeatureWriter, FeatureStoreError, display_path, feature_dir,
-                                   load_features)
+                                   fingerprint, fingerprint_difference, load_features)
+from helpers.locking import exclusive
 from helpers import distributed
 from helpers.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, SkipReport, load_image
 from helpers.log import get_logger
@@ -439,6 +440,47 @@ def _existing(folder):
         return None
 
 
+#: meta keys that determine a store's rows (with the image list): a store is reused only when they all match
+FINGERPRINT_KEYS = ("name", "algorithm", "weights", "weights_sha256", "preprocessing", "precision", "decode",
+                    "nvjpeg_share", "layers", "dim")
+
+
+def content_digest(paths, display):
+    """SHA-256 of the image list: each image's name, size and modification time (so an edited, added or
+    removed file changes it)."""
+    digest = hashlib.sha256()
+    for path, name in zip(paths, display):
+        try:
+            stat = os.stat(path)
+            digest.update(f"{name}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError:
+            digest.update(f"{name}\t-\t-\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def store_fingerprint_fields(meta, images_digest, n_images):
+    """The fields of a store's fingerprint (see :func:`helpers.feature_store.fingerprint`)."""
+    fields = {key: meta.get(key) for key in FINGERPRINT_KEYS}
+    fields.update(images=images_digest, n_images=int(n_images))
+    return fields
+
+
+def _reusable(folder, fields, force):
+    """The finished store at ``folder`` when it matches ``fields`` (None when it must be computed).
+
+    A store whose fingerprint differs (other weights, preprocessing, precision, decode path, or images) is
+    recomputed with a warning naming the difference: it is never reused silently.
+    """
+    existing = _existing(folder)
+    if existing is None or force:
+        return None
+    if existing.meta.get("fingerprint") == fingerprint(fields):
+        return existing
+    logger.warning("%s does not match this request (%s): recomputing it", folder,
+                   fingerprint_difference(existing.meta.get("fingerprint_fields"), fields))
+    return None
+
+
 class _Job:
     """One pass: one model (or a group of hashes) over one dataset, into one or more stores."""
 
@@ -450,22 +492,43 @@ class _Job:
 
 
 def _extract_dataset(job, dataset, paths, listing_skips, *, out, dist, force, chunk_size, batch_size, workers,
-                     device, progress, max_pixels, fail_after_chunks):
-    """Run ``job`` on one dataset; returns the final store folders (existing ones are kept unless ``force``)."""
-    folders = [feature_dir(dataset.name, name, out) for name in job.names]
-    todo = [k for k, folder in enumerate(folders) if force or _existing(folder) is None]
+                     device, progress, max_pixels, fail_after_chunks, wait=True):
+    """Run ``job`` on one dataset; returns the final store folders (matching ones are kept unless ``force``).
+
+    Each store is written under its exclusive lock (:mod:`helpers.locking`): a second extraction of the same
+    store waits, then finds it finished and reuses it.
+    """
+    folders = [feature_dir(dataset, name, out) for name in job.names]
+    display = [display_path(path) for path in paths]
+    with contextlib.ExitStack() as locks:
+        if not dist.distributed or dist.is_main:
+            for folder in folders:
+                locks.enter_context(exclusive(folder, wait=wait))
+        dist.barrier()
+        return _extract_dataset_locked(job, dataset, paths, display, listing_skips, folders, out=out, dist=dist,
+                                       force=force, chunk_size=chunk_size, batch_size=batch_size, workers=workers,
+                                       device=device, progress=progress, max_pixels=max_pixels,
+                                       fail_after_chunks=fail_after_chunks)
+
+
+def _extract_dataset_locked(job, dataset, paths, display, listing_skips, folders, *, out, dist, force, chunk_size,
+                            batch_size, workers, device, progress, max_pixels, fail_after_chunks):
+    images_digest = content_digest(paths, display)
+    fields = [store_fingerprint_fields(job.metas[k], images_digest, len(paths)) for k in range(len(folders))]
+    todo = [k for k, folder in enumerate(folders) if _reusable(folder, fields[k], force) is None]
     for k, folder in enumerate(folders):
         if k not in todo and dist.is_main:
             print(f"already extracted: {folder} ({job.names[k]} on {dataset.name}); pass --force to recompute it")
     if not todo:
         return folders
-    display = [display_path(path) for path in paths]
     start, stop = dist.shard(len(paths))
-    common = {"dataset": dataset.name, "dataset_folders": [display_path(f) for f in dataset.folders],
+    common = {"dataset": dataset.name, "dataset_key": dataset.store_key,
+              "dataset_folders": [display_path(f) for f in dataset.folders],
               "n_images_listed": len(paths), "chunk_size": chunk_size}
     targets = []
     for k in todo:
         meta = dict(job.metas[k], **common)
+        meta.update(fingerprint=fingerprint(fields[k]), fingerprint_fields=fields[k])
         fingerprint = {key: meta.get(key) for key in ("name", "weights", "weights_sha256", "preprocessing",
                                                        "precision", "decode", "nvjpeg_share", "layers", "algorithm",
                                                        "dim")}
@@ -495,7 +558,7 @@ def _extract_dataset(job, dataset, paths, listing_skips, *, out, dist, force, ch
     dist.barrier()
     if dist.distributed and dist.is_main:
         for k in todo:
-            meta = dict(job.metas[k], **common)
+            meta = dict(job.metas[k], **common, fingerprint=fingerprint(fields[k]), fingerprint_fields=fields[k])
             _merge_ranks(folders[k], dist, meta, overwrite=True)
             _warn_skips(load_skips(folders[k]), folders[k])
     dist.barrier()
@@ -590,7 +653,7 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
                      precision="fp32", out=FEATURES_DIR, checkpoint=None, name=None, force=False,
                      l2_normalize=False, pca=None, pca_fit_dataset=None, whiten=False, layers=None, seed=0,
                      chunk_size=DEFAULT_CHUNK_SIZE, progress=True, max_pixels=DEFAULT_MAX_PIXELS,
-                     fail_after_chunks=None, decode="cpu", nvjpeg_share=None):
+                     fail_after_chunks=None, decode="cpu", nvjpeg_share=None, wait=True):
     """Extract features of every algorithm on every dataset into the feature store.
 
     Parameters
@@ -643,6 +706,9 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
     nvjpeg_share : float, optional
         With decode 'gpu': share of the JPEGs decoded by nvjpeg, the rest by the workers (default
         :data:`extractor.gpu_decode.DEFAULT_NVJPEG_SHARE`; 0 makes the features equal to the CPU path's).
+    wait : bool
+        When another process is writing one of the stores: wait for it (then reuse its store when it matches),
+        or raise :class:`helpers.locking.LockBusyError` at once (False, ``--no-wait``).
 
     Returns
     -------
@@ -681,7 +747,8 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
         raise ValueError("--layers applies to neural models, not to hashes")
     resolved = [resolve_dataset(d) for d in datasets]
     fit = resolve_dataset(pca_fit_dataset) if pca else None
-    to_extract = list(resolved) + ([fit] if fit is not None and fit.name not in {d.name for d in resolved} else [])
+    to_extract = list(resolved) + ([fit] if fit is not None and fit.store_key not in {d.store_key for d in resolved}
+                                   else [])
 
     listings = {}
     for ds in to_extract:
@@ -689,7 +756,7 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
         paths = ds.image_paths(report=report)
         if not paths:
             raise ValueError(f"dataset {ds.name!r} has no images ({', '.join(map(str, ds.folders))})")
-        listings[ds.name] = (paths, list(report.items))
+        listings[ds.store_key] = (paths, list(report.items))
     dist, device = distributed.join_process_group(resolve_device(device))
     if decode == "gpu" and neural and device.type != "cuda":
         dist.close()
@@ -699,19 +766,20 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
                             weights=weights, seed=seed, precision=precision, layers=layers, name=name, out=out,
                             force=force, chunk_size=chunk_size, batch_size=batch_size, progress=progress,
                             max_pixels=max_pixels, fail_after_chunks=fail_after_chunks, pca=pca, whiten=whiten,
-                            fit=fit, l2_normalize=l2_normalize, decode=decode, nvjpeg_share=nvjpeg_share)
+                            fit=fit, l2_normalize=l2_normalize, decode=decode, nvjpeg_share=nvjpeg_share,
+                            wait=wait)
     finally:
         dist.close()
 
 
 def _extract_all(hashes, neural, resolved, to_extract, listings, dist, device, *, workers, weights, seed, precision,
                  layers, name, out, force, chunk_size, batch_size, progress, max_pixels, fail_after_chunks, pca,
-                 whiten, fit, l2_normalize, decode="cpu", nvjpeg_share=None):
+                 whiten, fit, l2_normalize, decode="cpu", nvjpeg_share=None, wait=True):
     workers = None if workers is None else int(workers)
     common = dict(out=Path(out), dist=dist, force=force, chunk_size=int(chunk_size), batch_size=int(batch_size),
                   workers=workers, device=device, progress=progress, max_pixels=max_pixels,
-                  fail_after_chunks=fail_after_chunks)
-    factories = []  # (store names, job factory): models are built only when one of their stores is missing
+                  fail_after_chunks=fail_after_chunks, wait=wait)
+    factories = []  # (store names, job factory)
     if hashes:
         factories.append(([h.name for h in hashes], functools.partial(_hash_job, hashes)))
     for spec in neural:
@@ -719,16 +787,14 @@ def _extract_all(hashes, neural, resolved, to_extract, listings, dist, device, *
                           functools.partial(_model_job, spec, weights=weights, seed=seed, device=device,
                                             precision=precision, layers=layers, name=name, decode=decode,
                                             nvjpeg_share=nvjpeg_share)))
-    raw = {}  # (store name, dataset name) -> raw store folder
-    for names, factory in factories:
-        if force or any(_existing(feature_dir(ds.name, n, out)) is None for n in names for ds in to_extract):
-            job = factory()
-        else:
-            job = _Job(names, [None] * len(names), None, None, None, None)
+    raw = {}  # (store name, dataset store key) -> raw store folder
+    for _, factory in factories:
+        # built even when its stores exist: their fingerprints need the weights' identity and preprocessing
+        job = factory()
         for ds in to_extract:
-            paths, skips = listings[ds.name]
+            paths, skips = listings[ds.store_key]
             for store_name, folder in zip(job.names, _extract_dataset(job, ds, paths, skips, **common)):
-                raw[(store_name, ds.name)] = folder
+                raw[(store_name, ds.store_key)] = folder
         del job
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -736,13 +802,13 @@ def _extract_all(hashes, neural, resolved, to_extract, listings, dist, device, *
         return []
     written = []
     suffix = _postprocess_suffix(pca, whiten, fit.name if fit else None, l2_normalize)
-    requested = {d.name for d in resolved}
-    for (algo_name, ds_name), folder in raw.items():
-        if ds_name in requested:
+    requested = {d.store_key: d for d in resolved}
+    for (algo_name, ds_key), folder in raw.items():
+        if ds_key in requested:
             written.append(folder)
             if suffix:
-                written.append(_postprocess(algo_name, ds_name, folder, suffix, raw, pca, whiten, fit, l2_normalize,
-                                            Path(out), force))
+                written.append(_postprocess(algo_name, requested[ds_key], folder, suffix, raw, pca, whiten, fit,
+                                            l2_normalize, Path(out), force))
     return written
 
 
@@ -753,9 +819,9 @@ def _checkpoint_spec(path):
     return CheckpointSpec(path.resolve(), checkpoint_name(path))
 
 
-def _postprocess(algo_name, ds_name, folder, suffix, raw, pca, whiten, fit, l2, out, force):
+def _postprocess(algo_name, dataset, folder, suffix, raw, pca, whiten, fit, l2, out, force):
     target_name = f"{algo_name} {suffix}"
-    target = feature_dir(ds_name, target_name, out)
+    target = feature_dir(dataset, target_name, out)
     source = load_features(folder, mmap=True)
     existing = _existing(target)
     if existing is not None and not force and existing.meta.get("source_created") == source.meta.get("created"):
@@ -764,7 +830,7 @@ def _postprocess(algo_name, ds_name, folder, suffix, raw, pca, whiten, fit, l2, 
     steps = []
     if pca:
         steps.append({"step": "pca", "n_components": int(pca), "whiten": bool(whiten), "fit_dataset": fit.name,
-                      "fit_folder": str(raw[(algo_name, fit.name)])})
+                      "fit_folder": str(raw[(algo_name, fit.store_key)])})
     if l2:
         steps.append({"step": "l2"})
     return postprocess_store(folder, target, target_name, steps, overwrite=True)

@@ -40,6 +40,10 @@ def _data_arguments(parser, several_algos):
                         help="dataset of the queries, e.g. attacked copies (BSDS500_attacks, Kaggle_memes)")
     parser.add_argument("--distractor-dataset", default=None,
                         help="dataset added to the database as distractors (e.g. Flickr500K; default: none)")
+    parser.add_argument("--ground-truth", default=None, metavar="FILE",
+                        help="ground-truth CSV (query,reference[,attack]; DISC21's query_id,reference_id accepted); "
+                             "default: ground_truth.csv in the query folder, else the <id>_<attack> file names "
+                             "(written to the query folder as ground_truth.csv). See Datasets/README.md")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto: FAISS on CPU; on CUDA FAISS GPU when installed, else the exact torch backend "
                              "for Flat L2/cosine/L1; faiss or torch force one (default: %(default)s)")
@@ -77,6 +81,18 @@ def search_experiment_parser():
                         help="FAISS factory strings: Flat, IVF4096,Flat, HNSW32, IVF4096,PQ64 ... (binary: BFlat, "
                              "BIVF4096, BHNSW32; float strings are translated for hashes). For 'nprobe' and "
                              "'efsearch' the first replaces the default IVF{10*sqrt(n)},Flat / HNSW32")
+    parser.add_argument("--score-norm-dataset", default=None, metavar="D",
+                        help="background dataset for score normalisation (SSCD's uAP-SN): each query's distances "
+                             "minus BETA x its distance to its K-th nearest background image give muap_sn "
+                             "(default: none)")
+    parser.add_argument("--score-norm-k", type=_positive, default=1, metavar="K",
+                        help="neighbour rank in the background set for --score-norm-dataset (default: %(default)s)")
+    parser.add_argument("--score-norm-beta", type=float, default=1.0, metavar="BETA",
+                        help="weight of the background distance for --score-norm-dataset (default: %(default)s)")
+    parser.add_argument("--save-neighbors", action="store_true",
+                        help="write each query's neighbours (rank, image, distance, correct, tie group) of every "
+                             "run and point to RESULTS_ROOT/NAME/neighbors/*.csv.gz (format: "
+                             "fast_search/neighbor_table.py; explore_neighbors.py writes the same file)")
     parser.add_argument("--repeats", type=_positive, default=3,
                         help="time each search this many times and keep the best (default: %(default)s)")
     parser.add_argument("--train-size", type=_positive, default=None,

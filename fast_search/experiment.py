@@ -54,7 +54,8 @@ def set_threads(count):
 def run_experiment(name, algo, main_dataset, query_dataset, distractor_dataset=None, experiment="k", metrics=None,
                    ks=None, nprobes=None, efsearch=None, index=None, device="auto", backend="auto", repeats=3,
                    batch_size=None, train_size=None, threads=None, results_root=RESULTS_DIR,
-                   features_root=FEATURES_DIR,
+                   features_root=FEATURES_DIR, ground_truth=None, score_norm_dataset=None, score_norm_k=1,
+                   score_norm_beta=1.0, save_neighbors=False,
                    force=False, config=None, argv=None, **ignored):
     """Run a search experiment (the function behind ``search_experiment.py``) and return its results dict.
 
@@ -76,6 +77,13 @@ def run_experiment(name, algo, main_dataset, query_dataset, distractor_dataset=N
         Each search is timed this many times; the best time is kept.
     batch_size, train_size, threads : int, optional
         Queries per search batch; rows IVF/PQ indexes are trained on; CPU threads.
+    ground_truth : path, optional
+        Ground-truth file (default: ``ground_truth.csv`` in the query folder; :mod:`helpers.ground_truth`).
+    score_norm_dataset, score_norm_k, score_norm_beta : optional
+        SSCD's score normalisation for ``muap_sn`` (see :class:`fast_search.search.Experiment`).
+    save_neighbors : bool
+        Write each query's neighbours of every run and point to ``neighbors/*.csv.gz``
+        (:mod:`fast_search.neighbor_table`).
     config : dict, optional
         The resolved configuration to record (built from the arguments when None).
 
@@ -104,7 +112,8 @@ def run_experiment(name, algo, main_dataset, query_dataset, distractor_dataset=N
                   "distractor_dataset": distractor_dataset, "experiment": experiment, "metrics": metrics,
                   "ks": ks, "nprobes": nprobes, "efsearch": efsearch, "index": index, "device": device,
                   "backend": backend, "repeats": repeats, "batch_size": batch_size, "train_size": train_size,
-                  "threads": threads,
+                  "threads": threads, "ground_truth": ground_truth, "score_norm_dataset": score_norm_dataset,
+                  "score_norm_k": score_norm_k, "score_norm_beta": score_norm_beta, "save_neighbors": save_neighbors,
                   "results_root": str(results_root), "features_root": str(features_root), "force": force}
     torch_device = resolve_device(device)
     set_threads(threads)
@@ -113,7 +122,10 @@ def run_experiment(name, algo, main_dataset, query_dataset, distractor_dataset=N
     loaded = []
     for algorithm in algos:
         exp = Experiment(algorithm, main_dataset, query_dataset, distractor_dataset, features_root=features_root,
-                         device=torch_device, backend=backend, batch_size=batch_size, train_size=train_size)
+                         device=torch_device, backend=backend, batch_size=batch_size, train_size=train_size,
+                         ground_truth=ground_truth, score_norm_dataset=score_norm_dataset,
+                         score_norm_k=score_norm_k, score_norm_beta=score_norm_beta)
+        exp.neighbors_dir = folder / "neighbors" if save_neighbors else None
         specs = plan_runs(exp, experiment, metrics=metrics, ks=ks, nprobes=nprobes, efsearch=efsearch,
                           indexes=index)
         loaded.append((exp, specs))

@@ -45,21 +45,37 @@ def _save_atomic(image, path):
     os.replace(tmp, path)
 
 
-def query_entries(experiment, correct_within=1):
-    """One dict per query of the last search: names, neighbour ids and distances, target, rank and category."""
+def query_entries(experiment, correct_within=1, k=None):
+    """One dict per query of the last search: names, the ``k`` nearest neighbours' ids and distances, target,
+    rank and category.
+
+    A query is Correct when its target is among its ``correct_within`` nearest neighbours counting ties at the
+    cut-off as misses (the pessimistic convention of :func:`fast_search.metrics.tie_aware_hits`); ``tied`` says
+    when the target's distance is shared with another image, so its rank depends on how ties are broken.
+    """
+    from . import metrics as M
+
     ids_by_identity = {}
     for row, ident in enumerate(experiment.identifiers_db):
         ids_by_identity.setdefault(ident, []).append(row)
+    within = min(int(correct_within), experiment.I.shape[1])
+    hits = M.tie_aware_hits(experiment.D, experiment.I, experiment.identifiers_db, experiment.identifiers_query,
+                            within, experiment.n)[0]
+    k = experiment.I.shape[1] if k is None else int(k)
     entries = []
     for q, name in enumerate(experiment.query_names):
         ident = experiment.identifiers_query[q]
         targets = ids_by_identity.get(ident, [])
-        neighbors = [int(i) for i in experiment.I[q] if i >= 0]
-        distances = [float(d) for d, i in zip(experiment.D[q], experiment.I[q]) if i >= 0]
+        valid = experiment.I[q] >= 0
+        all_ids, all_d = experiment.I[q][valid], experiment.D[q][valid]
+        neighbors = [int(i) for i in all_ids[:k]]
+        distances = [float(d) for d in all_d[:k]]
         rank = next((r + 1 for r, i in enumerate(neighbors) if experiment.identifiers_db[i] == ident), 0)
-        category = "NoOriginal" if not targets else ("Correct" if 0 < rank <= correct_within else "Incorrect")
+        tied = bool(rank) and int(np.sum(all_d == distances[rank - 1])) > 1
+        category = "NoOriginal" if not targets else ("Correct" if hits[q] else "Incorrect")
         entries.append({"query": q, "name": name, "identity": ident, "neighbors": neighbors,
-                        "distances": distances, "targets": targets, "rank": rank, "category": category})
+                        "distances": distances, "targets": targets, "rank": rank, "tied": tied,
+                        "category": category})
     return entries
 
 
@@ -91,7 +107,8 @@ def _write_index(folder, entries, title, experiment, k, correct_within):
                          if experiment.identifiers_db[row] == entry["identity"]), None)
         rows.append(
             f'<tr class="{entry["category"]}"><td>{entry["category"]}</td><td>{html.escape(entry["name"])}</td>'
-            f'<td>{entry["rank"] or "-"}</td><td>{"-" if target_d is None else f"{target_d:.4g}"}</td>'
+            f'<td>{entry["rank"] or "-"}{" (tied)" if entry.get("tied") else ""}</td>'
+            f'<td>{"-" if target_d is None else f"{target_d:.4g}"}</td>'
             f'<td>{dists}</td></tr>\n<tr class="{entry["category"]}"><td colspan="5"><a href="{link}">'
             f'<img src="{link}" loading="lazy" alt="{html.escape(entry["name"], quote=True)}"></a></td></tr>')
     text = f"""<!DOCTYPE html>
@@ -105,7 +122,7 @@ tr.NoOriginal td:first-child {{ color: #555; font-weight: bold; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{counts['Incorrect']} incorrect, {counts['NoOriginal']} without an original in the database, {counts['Correct']}
-correct (target among the nearest {correct_within}); each montage shows the query (blue), its {k} nearest
+correct (target among the nearest {correct_within}, a tie at the cut-off counting as a miss); each montage shows the query (blue), its {k} nearest
 neighbours (green: same identity, red: other) with their distances, and the target (gray). Incorrect first.</p>
 <table><tr><th>category</th><th>query</th><th>target rank</th><th>target distance</th><th>neighbour distances</th></tr>
 {''.join(rows)}
@@ -121,8 +138,8 @@ neighbours (green: same identity, red: other) with their distances, and the targ
 def explore_neighbors(name, algo, main_dataset, query_dataset, distractor_dataset=None, metric="cosine", k=10,
                       limit=None, correct_within=1, factory="Flat", device="auto", backend="auto", batch_size=None,
                       tile=160,
-                      neighbors_root=NEIGHBORS_DIR, features_root=FEATURES_DIR, force=False, config=None, argv=None,
-                      **ignored):
+                      neighbors_root=NEIGHBORS_DIR, features_root=FEATURES_DIR, ground_truth=None, force=False,
+                      config=None, argv=None, **ignored):
     """Write the neighbour gallery ``neighbors_root/name/`` and return ``{category: count}``.
 
     Parameters
@@ -155,7 +172,7 @@ def explore_neighbors(name, algo, main_dataset, query_dataset, distractor_datase
                                     "--force to overwrite it")
     torch_device = resolve_device(device)
     experiment = Experiment(algo, main_dataset, query_dataset, distractor_dataset, features_root=features_root,
-                            device=torch_device, backend=backend, batch_size=batch_size)
+                            device=torch_device, backend=backend, batch_size=batch_size, ground_truth=ground_truth)
     config = config or {"name": name, "algo": algo, "main_dataset": main_dataset, "query_dataset": query_dataset,
                         "distractor_dataset": distractor_dataset, "metric": metric, "k": k, "limit": limit,
                         "correct_within": correct_within, "factory": factory, "device": device,
@@ -164,7 +181,7 @@ def explore_neighbors(name, algo, main_dataset, query_dataset, distractor_datase
         experiment.set_index(factory, metric)
         k_eff = min(int(k), experiment.n)
         experiment.search(k=k_eff)
-        entries = query_entries(experiment, int(correct_within))
+        entries = query_entries(experiment, int(correct_within), k_eff)
         order = {category: i for i, category in enumerate(CATEGORIES)}
         entries.sort(key=lambda e: (order[e["category"]], e["query"]))
         if limit is not None:

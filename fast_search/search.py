@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.datasets import resolve_store_dataset
 from helpers.feature_store import FeatureStoreError, load_dataset_features
+from helpers.ground_truth import copy_truth
 from helpers.log import get_logger
 from helpers.paths import FEATURES_DIR, REPO_ROOT
 from helpers.results import write_json
 
 from . import metrics as M
-from .evaluate import summarize_search
+from .evaluate import search_resolving_ties, summarize_search
 from .index import (CROP_RESISTANT, check_metric, choose_backend, crop_resistant_distance_fn, make_index,
                     prepare_vectors, to_binary_factory)
 
@@ -56,9 +58,15 @@ class Experiment:
     algorithm : str
         Display name of the feature extractor (``"SimCLR v2 ResNet50 2x"``, ``"Dhash 64 bits"``).
     main_dataset, query_dataset : str
-        Dataset names in the feature store (``BSDS500_original``, ``BSDS500_attacks``...).
+        Registered dataset names (``BSDS500_original``, ``BSDS500_attacks``...) or folders, as given to
+        ``extract_features.py --dataset``.
     distractor_dataset : str, optional
-        Added to the database after the main dataset (``Flickr500K``).
+        Added to the database after the main dataset (``Flickr500K``); its images are never a query's original.
+    ground_truth : path, optional
+        The ground-truth file (default: ``ground_truth.csv`` in the query folder; see :mod:`helpers.ground_truth`).
+    score_norm_dataset : str, optional
+        Background dataset of SSCD's score normalisation (µAP-SN): each query's pair distances are lowered by
+        ``score_norm_beta`` times its distance to its ``score_norm_k``-th nearest background image.
     features_root : path
         Root of the feature store (default ``Features/``).
     device : str or torch.device
@@ -72,7 +80,8 @@ class Experiment:
     """
 
     def __init__(self, algorithm, main_dataset, query_dataset, distractor_dataset=None, features_root=FEATURES_DIR,
-                 device="cpu", backend="auto", batch_size=None, train_size=None):
+                 device="cpu", backend="auto", batch_size=None, train_size=None, ground_truth=None,
+                 score_norm_dataset=None, score_norm_k=1, score_norm_beta=1.0):
         import torch
 
         self.algorithm = algorithm
@@ -82,10 +91,13 @@ class Experiment:
         self.backend = backend
         self.batch_size = batch_size
         self.train_size = train_size
-        parts = [load_dataset_features(main_dataset, algorithm, root=features_root)]
-        if self.distractor_dataset:
-            parts.append(load_dataset_features(self.distractor_dataset, algorithm, root=features_root))
-        self.queries = load_dataset_features(query_dataset, algorithm, root=features_root)
+        main = resolve_store_dataset(main_dataset)
+        query = resolve_store_dataset(query_dataset)
+        distractor = resolve_store_dataset(self.distractor_dataset) if self.distractor_dataset else None
+        parts = [load_dataset_features(main, algorithm, root=features_root)]
+        if distractor is not None:
+            parts.append(load_dataset_features(distractor, algorithm, root=features_root))
+        self.queries = load_dataset_features(query, algorithm, root=features_root)
         for other in parts[1:] + [self.queries]:
             # the compatibility rule of helpers.feature_store.combine_features, checked without concatenating
             if other.binary != parts[0].binary or other.features.shape[1] != parts[0].features.shape[1]:
@@ -99,12 +111,28 @@ class Experiment:
         self.d = parts[0].dim
         self.db_names = [name for part in parts for name in part.names]
         self.query_names = list(self.queries.names)
-        self.identifiers_db = [ident for part in parts for ident in part.identities()]
-        self.identifiers_query = self.queries.identities()
+        truth = copy_truth(main, query, parts[0].names, self.queries.names, distractor=distractor,
+                           distractor_names=parts[1].names if distractor is not None else (),
+                           ground_truth=ground_truth)
+        self.ground_truth_source = truth.source
+        self.identifiers_db, self.identifiers_query = truth.db_identities, truth.query_identities
+        self.query_attacks = truth.query_attacks
         self.has_original = M.has_original(self.identifiers_db, self.identifiers_query)
         if not self.has_original.any():
-            logger.warning("no query of %s has its original in the database (identities never match): recall "
-                           "is undefined; check the datasets", query_dataset)
+            logger.warning("no query of %s has its original in the database (ground truth: %s): recall is "
+                           "undefined; check the datasets", query_dataset, truth.source)
+        self.score_norm = None
+        if score_norm_dataset:
+            background = load_dataset_features(resolve_store_dataset(score_norm_dataset), algorithm,
+                                               root=features_root)
+            if background.binary != self.binary or background.features.shape[1] != parts[0].features.shape[1]:
+                raise FeatureStoreError(f"the score-normalisation features of {algorithm!r} ({score_norm_dataset}) "
+                                        "do not match the database's; re-extract them")
+            if not 1 <= int(score_norm_k) <= len(background):
+                raise ValueError(f"--score-norm-k must be between 1 and the background size ({len(background)})")
+            self.score_norm = {"dataset": score_norm_dataset, "k": int(score_norm_k), "beta": float(score_norm_beta),
+                               "features": background.features}
+        self._score_offsets = {}
         self._prepared = (None, None, None)
         self.index = None
         self.factory_str = self.metric = self.experiment_name = None
@@ -156,6 +184,10 @@ class Experiment:
                 if isinstance(self.meta.get("preprocessing"), dict) else self.meta.get("preprocessing"),
                 "n": self.n, "d": self.d, "nq": self.nq,
                 "n_queries_with_original": int(self.has_original.sum()),
+                "n_negative_queries": int((~self.has_original).sum()),
+                "ground_truth": self.ground_truth_source,
+                "score_norm": None if self.score_norm is None else
+                {key: value for key, value in self.score_norm.items() if key != "features"},
                 "main_dataset": self.main_dataset, "query_dataset": self.query_dataset,
                 "distractor_dataset": self.distractor_dataset}
 
@@ -230,21 +262,43 @@ class Experiment:
             self.D, self.I = self.index.search(queries, self.k)
             self.search_times.append(time.perf_counter() - start)
         self.time_searching = min(self.search_times)
+        # untimed: enough neighbours to see the whole tie group at the k-th distance (tie-aware metrics)
+        self.D, self.I = search_resolving_ties(self.index.search, queries, self.k, self.n)
 
     def recall(self, k=None):
-        """``(recall@k, hits)`` of the last search (see :func:`fast_search.metrics.recall_at_k`)."""
+        """``(recall@k, hits)`` of the last search, pessimistic about ties (see
+        :func:`fast_search.metrics.tie_aware_hits`)."""
         if self.I is None:
             raise AttributeError("Please call `search` before asking for recall")
-        hits = M.hits_at_k(self.I, self.identifiers_db, self.identifiers_query, k)
+        hits = M.tie_aware_hits(self.D, self.I, self.identifiers_db, self.identifiers_query,
+                                self.k if k is None else k, self.n)[0]
         recall = float(hits[self.has_original].mean()) if self.has_original.any() else float("nan")
         return recall, hits
+
+    def score_offsets(self):
+        """Each query's score-normalisation offset: ``beta`` times its distance to its ``k``-th nearest
+        background image under the current metric (None without ``score_norm_dataset``)."""
+        if self.score_norm is None:
+            return None
+        key = self.metric
+        if key not in self._score_offsets:
+            background = prepare_vectors(self.score_norm["features"], self.metric)
+            _, queries = self.prepared(self.metric)
+            index = make_index(self.factory_for("Flat"), self.metric, self.d, binary=self.binary, device=self.device,
+                               backend=self.backend, batch_size=self.batch_size,
+                               distance_fn=self.distance_fn(self.metric))
+            index.add(background)
+            distances, _ = index.search(queries, self.score_norm["k"])
+            index.close()
+            self._score_offsets[key] = self.score_norm["beta"] * np.asarray(distances, dtype=np.float64)[:, -1]
+        return self._score_offsets[key]
 
     def evaluate(self, ks=None):
         """All quality numbers of the last search (see :func:`fast_search.evaluate.summarize_search`)."""
         if self.I is None:
             raise AttributeError("Please call `search` before evaluating")
-        return summarize_search(self.D, self.I, self.identifiers_db, self.identifiers_query, self.query_names,
-                                ks or [self.k])
+        return summarize_search(self.D, self.I, self.identifiers_db, self.identifiers_query, self.query_attacks,
+                                ks or [self.k], n_database=self.n, score_offsets=self.score_offsets())
 
     def fit(self, k, probe=None):
         """Train, search and score in one call (the seed's ``fit``): ``k`` or ``probe`` may be a list."""
@@ -271,7 +325,7 @@ class Experiment:
             raise AttributeError("Please call `search` before asking for neighbours")
         ident = self.identifiers_query[query_index]
         targets = [self.db_names[i] for i, other in enumerate(self.identifiers_db) if other == ident]
-        neighbors = [self.db_names[i] for i in self.I[query_index] if i >= 0]
+        neighbors = [self.db_names[i] for i in self.I[query_index] if i >= 0][:self.k]
         return self.query_names[query_index], neighbors, targets
 
     def get_neighbors_of_query(self, query_index, target=True):
@@ -430,6 +484,8 @@ def execute_run(experiment, spec, repeats=1, exact_cache=None):
         if index.is_exact:
             exact_cache.setdefault((spec.metric, point["k"]), experiment.I)
         quality = experiment.evaluate([point["k"]])
+        if getattr(experiment, "neighbors_dir", None) is not None:
+            _save_neighbors(experiment, spec, point)
         entry = dict(point, search_time=experiment.time_searching, search_times=experiment.search_times,
                      qps=experiment.nq / experiment.time_searching if experiment.time_searching > 0 else None)
         entry.update(quality)
@@ -450,6 +506,19 @@ def execute_run(experiment, spec, repeats=1, exact_cache=None):
     experiment.index.close()
     experiment.index = None
     return record
+
+
+def _save_neighbors(experiment, spec, point):
+    """Write the last search's neighbours to ``<neighbors_dir>/<algorithm>--<run key>--k<k>[...].csv.gz``."""
+    from helpers.paths import slugify
+
+    from .neighbor_table import write_neighbor_table
+
+    extra = "".join(f"-{name}{point[name]}" for name in ("nprobe", "efsearch") if point.get(name) is not None)
+    stem = slugify(f"{experiment.algorithm}--{spec.factory}--{spec.metric}--k{point['k']}{extra}")
+    write_neighbor_table(experiment.neighbors_dir / f"{stem}.csv.gz", experiment.query_names, experiment.db_names,
+                         experiment.D, experiment.I, experiment.identifiers_db, experiment.identifiers_query,
+                         k=point["k"])
 
 
 def run_plan(experiment, specs, repeats=1, done=None, on_run=None):

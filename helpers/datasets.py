@@ -16,15 +16,19 @@ under ``Datasets/`` (see ``Datasets/README.md`` for how to obtain each one):
 ``demo_templates``     ``Datasets/demo/Templates``
 =====================  ===============================================================
 
-Ground truth, the seed's convention (:func:`identity_of`): the identity of an image is its file stem up to the
-first underscore. A query ``<id>_<attack>.<ext>`` matches the database image ``<id>.<ext>``; a meme
-``<template>_<rest>`` belongs to template ``<template>``. Identities therefore must not contain underscores.
+The identity of an image is its dataset plus its path inside the dataset's folder
+(:meth:`Dataset.relative_names`); which image is a copy of which comes from ground-truth files
+(:mod:`helpers.ground_truth`), never from a bare file stem. A path dataset is stored in the feature store under
+:attr:`Dataset.store_key` (its folder name plus a digest of its resolved location), so two folders that share a
+basename never share a store.
 """
+import hashlib
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .image_io import list_images
-from .paths import DATASETS_DIR
+from .paths import DATASETS_DIR, REPO_ROOT
 
 REGISTERED_DATASETS = {
     "BSDS500_original": ("BSDS500/Original",),
@@ -48,6 +52,53 @@ class Dataset:
     name: str
     folders: list = field(default_factory=list)
     registered: bool = False
+    key: str = ""
+
+    @property
+    def store_key(self):
+        """The dataset's folder name in the feature store: the registered name, or ``<basename>-<digest>`` of
+        a path dataset (the digest of its resolved location)."""
+        return self.key or self.name
+
+    def relative_names(self, names):
+        """Each image's identity inside the dataset: its path relative to the dataset folder (``/``
+        separators), prefixed by the folder's name when the dataset has several folders.
+
+        ``names`` are the paths of a store's ``names.txt`` (absolute, or relative to the repository root).
+        A dataset without folders (a store made by code, e.g. synthetic features) keeps the names as they are.
+
+        Raises
+        ------
+        ValueError
+            When a name lies outside every folder of the dataset (the store was made from another location).
+        """
+        if not self.folders:
+            return [str(name) for name in names]
+        roots = [Path(os.path.realpath(folder)) for folder in self.folders]
+        prefixes = [f"{root.name}/" if len(roots) > 1 else "" for root in roots]
+        out = []
+        for name in names:
+            path = Path(str(name))
+            path = path if path.is_absolute() else REPO_ROOT / path
+            key = _relative_to_any(path, roots, prefixes)
+            if key is None:
+                key = _relative_to_any(Path(os.path.realpath(path)), roots, prefixes)
+            if key is None:
+                raise ValueError(f"dataset {self.name!r}: image {name} is not inside its folder(s) "
+                                 f"({', '.join(map(str, self.folders))}); the features were extracted from "
+                                 "another location: re-extract them (extract_features.py --force)")
+            out.append(key)
+        return out
+
+    def path_of(self, key):
+        """The file of a relative name (the inverse of :meth:`relative_names`)."""
+        if len(self.folders) == 1:
+            return Path(self.folders[0]) / key
+        head, _, rest = str(key).partition("/")
+        for folder in self.folders:
+            if Path(folder).name == head:
+                return Path(folder) / rest
+        raise ValueError(f"dataset {self.name!r} has no folder {head!r}")
 
     def image_paths(self, report=None):
         """All image files of the dataset, folder by folder, each in natural sorted order.
@@ -83,13 +134,45 @@ def resolve_dataset(name_or_path, datasets_dir=DATASETS_DIR):
         return Dataset(key, folders, registered=True)
     path = Path(key).expanduser()
     if path.is_dir():
-        return Dataset(path.resolve().name, [path.resolve()])
+        resolved = path.resolve()
+        return Dataset(resolved.name, [resolved], key=path_store_key(resolved))
     raise ValueError(f"unknown dataset {key!r}: not a registered name ({', '.join(REGISTERED_DATASETS)}) "
                      f"and not an existing folder")
 
 
+def path_store_key(folder):
+    """``<basename>-<first 10 hex digits of sha256(resolved path)>``: the store key of a folder dataset."""
+    resolved = Path(folder).expanduser().resolve()
+    digest = hashlib.sha256(str(resolved).encode("utf-8")).hexdigest()[:10]
+    return f"{resolved.name}-{digest}"
+
+
+def resolve_store_dataset(name_or_path, datasets_dir=DATASETS_DIR):
+    """The :class:`Dataset` whose features a search or clustering reads: a registered name, a folder, or the
+    bare name of a store written by code (synthetic features: a dataset without folders)."""
+    try:
+        return resolve_dataset(name_or_path, datasets_dir)
+    except ValueError:
+        text = str(name_or_path)
+        if os.sep in text or "/" in text or text in (".", "..") or not text:
+            raise
+        return Dataset(text, [], key=text)
+
+
+def _relative_to_any(path, roots, prefixes):
+    for root, prefix in zip(roots, prefixes):
+        try:
+            return prefix + PurePosixPath(*path.relative_to(root).parts).as_posix()
+        except ValueError:
+            continue
+    return None
+
+
 def identity_of(path):
-    """Ground-truth identity of an image: its file stem up to the first underscore.
+    """The seed's file-name identity of an image: its file stem up to the first underscore.
+
+    Only for naming generated images and reading folders made by older versions: ground truth comes from
+    :mod:`helpers.ground_truth` (this convention merges ``IMG_1234`` and ``IMG_5678``).
 
     >>> identity_of("Attacks/100007_gaussian_noise_0.01.png")
     '100007'

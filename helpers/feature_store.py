@@ -1,13 +1,17 @@
 """The feature store: one folder per (dataset, algorithm), a file format users rely on.
 
-Layout of ``Features/<dataset>/<algorithm-slug>/``:
+Layout of ``Features/<dataset-key>/<algorithm-slug>/`` (the key of a registered dataset is its name; a folder
+dataset's key is its folder name plus a digest of its resolved location, :attr:`helpers.datasets.Dataset.store_key`,
+so two folders named ``images`` never share a store):
 
 - ``features.npy``: ``float32 [N, d]`` for embeddings, or ``uint8 [N, bits/8]`` (``np.packbits`` rows, big-endian
   bit order) for binary hashes; plain ``.npy``, read memory-mapped, never pickled;
 - ``names.txt``: one image path per line, in the same order as the rows (relative to the repository root when the
   image lies inside it);
 - ``meta.json``: display name, slug, dim (number of values, or of bits for binary features), dtype, binary flag,
-  number of rows, dataset, preprocessing, weights source and sha256, date and library versions.
+  number of rows, dataset, preprocessing, weights source and sha256, date and library versions, and the
+  ``fingerprint`` of everything that determines the rows (:func:`fingerprint`): a store whose fingerprint no
+  longer matches the request is recomputed, never silently reused.
 
 A store is written atomically: everything goes into a temporary sibling folder that is renamed into place at the
 end, so an interrupted run never leaves a partial store that looks complete. Long extractions write
@@ -21,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import identity_of
+import hashlib
+import json
+
 from .paths import FEATURES_DIR, REPO_ROOT, slugify
 from .results import read_json, write_json
 
@@ -63,10 +69,6 @@ class FeatureSet:
     def name(self):
         return self.meta.get("name", "")
 
-    def identities(self):
-        """Ground-truth identity of each row (see :func:`helpers.datasets.identity_of`)."""
-        return [identity_of(name) for name in self.names]
-
     def unpacked_bits(self):
         """Binary features as a ``uint8 [N, bits]`` array of 0/1."""
         if not self.binary:
@@ -75,8 +77,40 @@ class FeatureSet:
 
 
 def feature_dir(dataset, algorithm, root=FEATURES_DIR):
-    """``root/<dataset>/<algorithm-slug>``; ``dataset`` is a dataset name (see :mod:`helpers.datasets`)."""
-    return Path(root) / str(dataset) / slugify(algorithm)
+    """``root/<dataset store key>/<algorithm-slug>``.
+
+    ``dataset`` is a :class:`helpers.datasets.Dataset`, or what ``--dataset`` takes (a registered name, a folder,
+    or the bare name of a store written by code), resolved the same way by every script.
+    """
+    if not hasattr(dataset, "store_key"):
+        from .datasets import resolve_store_dataset
+
+        dataset = resolve_store_dataset(dataset)
+    return Path(root) / dataset.store_key / slugify(algorithm)
+
+
+def fingerprint(fields):
+    """SHA-256 (hex) of a JSON-able dict: what determines a store's rows (algorithm, weights identity,
+    preprocessing, precision, decode path, image list with sizes and modification times...)."""
+    text = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint_difference(old_fields, new_fields):
+    """A short description of what differs between two fingerprint field dicts (for log lines and errors)."""
+    old_fields, new_fields = old_fields or {}, new_fields or {}
+    keys = sorted(set(old_fields) | set(new_fields))
+    changed = [key for key in keys if old_fields.get(key) != new_fields.get(key)]
+    if not changed:
+        return "unknown difference (a store made by an older version, without a fingerprint)"
+    parts = []
+    for key in changed:
+        if key == "images":
+            parts.append("the image list or the files changed "
+                         f"({(old_fields.get('n_images'))} images then, {new_fields.get('n_images')} now)")
+        elif key != "n_images":
+            parts.append(f"{key}: {old_fields.get(key)!r} then, {new_fields.get(key)!r} now")
+    return "; ".join(parts) or "the image list changed"
 
 
 def display_path(path):
@@ -120,6 +154,14 @@ def _validate(features, names):
     bad = [name for name in names if "\n" in str(name)]
     if bad:
         raise FeatureStoreError(f"image names cannot contain newlines: {bad[0]!r}")
+    if len(set(names)) != len(names):
+        seen, twice = set(), None
+        for name in names:
+            if name in seen:
+                twice = name
+                break
+            seen.add(name)
+        raise FeatureStoreError(f"an image is listed twice ({twice!r}): a store holds each image once")
 
 
 def _install(tmp, folder, overwrite):
@@ -212,13 +254,19 @@ def load_features(folder, mmap=True):
 
 
 def load_dataset_features(dataset, algorithm, root=FEATURES_DIR, mmap=True):
-    """Load ``Features/<dataset>/<slug(algorithm)>``, with an error that gives the command creating it."""
+    """Load the store of ``dataset`` (a :class:`helpers.datasets.Dataset` or what ``--dataset`` takes) by
+    ``algorithm``, with an error that gives the command creating it."""
     folder = feature_dir(dataset, algorithm, root)
     try:
         return load_features(folder, mmap=mmap)
     except FeatureStoreError as exc:
+        if folder.exists() and (folder / META_FILE).is_file():
+            raise  # a damaged store: the error says what is wrong with it
+        given = dataset
+        if hasattr(dataset, "store_key"):
+            given = dataset.name if dataset.registered or not dataset.folders else dataset.folders[0]
         raise FeatureStoreError(f"{exc}. Create it with: python3 extract_features.py --algo \"{algorithm}\" "
-                                f"--dataset {dataset}") from None
+                                f"--dataset {given}") from None
 
 
 def combine_features(main, distractor):

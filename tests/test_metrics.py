@@ -28,10 +28,10 @@ def test_recall_is_nan_without_any_original():
 
 
 def test_per_attack_recall_by_hand():
-    names = ["a_jpg_50.png", "b_crop.png", "c_crop.png", "x_crop.png", "d.png"]
+    attacks = ["jpg_50", "crop", "crop", "crop", None]  # the ground truth's attack column
     hits = np.array([True, False, True, False, True])
     positive = np.array([True, True, True, False, True])
-    table = M.per_attack_recall(hits, names, positive)
+    table = M.per_attack_recall(hits, attacks, positive)
     assert table == {"(none)": {"recall": 1.0, "n": 1}, "crop": {"recall": 0.5, "n": 2},
                      "jpg_50": {"recall": 1.0, "n": 1}}
 

@@ -72,6 +72,13 @@ def oracle_quality(distances, ids, db_names, query_names, k):
             "muap": ap}
 
 
+def name_truth(db_names, query_names):
+    """The test data's ground truth, from how it names its images: database identities, query identities and
+    query attacks."""
+    return ([identity_of(n) for n in db_names], [identity_of(n) for n in query_names],
+            [attack_of(n) for n in query_names])
+
+
 def assert_quality_matches(summary, oracle_d, oracle_ids, db_names, query_names, ks=KS):
     for k in ks:
         ref = oracle_quality(oracle_d, oracle_ids, db_names, query_names, k)
@@ -121,8 +128,7 @@ def test_faiss_flat_matches_brute_force_exactly(metric):
     distances, ids = index.search(prepare_vectors(queries, metric), K)
     np.testing.assert_array_equal(ids, ref_ids)
     np.testing.assert_allclose(distances, ref_d, rtol=2e-4, atol=2e-5)
-    summary = summarize_search(distances, ids, [identity_of(n) for n in db_names], [identity_of(n) for n in q_names],
-                               q_names, KS)
+    summary = summarize_search(distances, ids, *name_truth(db_names, q_names), KS)
     assert summary["n_queries_with_original"] == sum(not n.startswith("neg") for n in q_names) > 130
     assert_quality_matches(summary, ref_d, ref_ids, db_names, q_names)
     assert 0.5 < summary["recall@1"] < 1.0  # neither trivial nor broken: the planted copies are hard enough
@@ -181,8 +187,9 @@ def test_retrieval_metrics_in_memory_accepts_tensors():
     keep = without_near_ties(oracle_distances(db, queries, "cosine"), K)
     queries, q_names = queries[keep], [name for name, ok in zip(q_names, keep) if ok]
     ref_d, ref_ids, _ = oracle_search(db, queries, "cosine", K)
-    out = retrieval_metrics(torch.from_numpy(db), db_names, torch.from_numpy(queries), q_names, metric="cosine",
-                            ks=KS)
+    db_ids, q_ids, q_attacks = name_truth(db_names, q_names)
+    out = retrieval_metrics(torch.from_numpy(db), db_ids, torch.from_numpy(queries), q_ids, q_attacks,
+                            metric="cosine", ks=KS)
     assert out["metric"] == "cosine" and out["n_database"] == len(db)
     assert_quality_matches(out, ref_d, ref_ids, db_names, q_names)
     assert 0 <= out["recall@P90"] <= 1
@@ -208,11 +215,11 @@ def test_hamming_flat_matches_brute_force(binary_data):
     index.add(prepare_vectors(db, "hamming"))
     distances, ids = index.search(prepare_vectors(queries, "hamming"), K)
     assert_same_neighbors_with_ties(distances, ids, full, K)
-    summary = summarize_search(distances, ids, [identity_of(n) for n in db_names], [identity_of(n) for n in q_names],
-                               q_names, KS)
+    summary = summarize_search(distances, ids, *name_truth(db_names, q_names), KS)
     assert_quality_matches(summary, ref_d, ref_ids, db_names, q_names)
     assert summary["recall@1"] == 1.0  # 5 flipped bits of 128 vs ~64 for any other code
-    out = retrieval_metrics(db, db_names, queries, q_names, metric="hamming", ks=KS)
+    db_ids, q_ids, q_attacks = name_truth(db_names, q_names)
+    out = retrieval_metrics(db, db_ids, queries, q_ids, q_attacks, metric="hamming", ks=KS)
     assert out["muap"] == pytest.approx(summary["muap"])
 
 

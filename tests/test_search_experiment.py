@@ -42,7 +42,11 @@ def store(tmp_path_factory):
         S.write_store(root, "main", algo, x[:300], main_names)
         S.write_store(root, "distractors", algo, x[300:], dis_names)
         S.write_store(root, "queries", algo, q, names)
-    return {"root": root, "data": data, "db_names": main_names + dis_names, "q_names": names}
+    # ground truth: a distractor is never a query's original (identity = dataset + path), so the queries planted
+    # from distractor rows are negative queries; the oracle sees the distractors under other identities
+    oracle_db_names = main_names + [f"distractor-{name}" for name in dis_names]
+    return {"root": root, "data": data, "db_names": main_names + dis_names, "q_names": names,
+            "oracle_db_names": oracle_db_names, "n_with_original": int((targets < 300).sum())}
 
 
 def _run(tmp_path, store, name="exp", **kwargs):
@@ -58,7 +62,7 @@ def _check_points_against_oracle(run, store, algo, metric):
     for point in run["points"]:
         k = point["k"]
         ref_d, ref_ids, _ = oracle_search(db, queries, metric, k)
-        ref = oracle_quality(ref_d, ref_ids, store["db_names"], store["q_names"], k)
+        ref = oracle_quality(ref_d, ref_ids, store["oracle_db_names"], store["q_names"], k)
         assert point[f"recall@{k}"] == ref["recall"]
         assert {a: v["recall"] for a, v in point["per_attack"][str(k)].items()} == ref["per_attack"]
         assert point["muap"] == pytest.approx(ref["muap"], abs=1e-9)
@@ -77,7 +81,8 @@ def test_k_experiment_with_two_algorithms(tmp_path, store, capsys):
     assert saved["complete"] and saved["experiment"] == "k" and list(saved["algorithms"]) == [FLOAT, HASH]
     float_section, hash_section = saved["algorithms"][FLOAT], saved["algorithms"][HASH]
     assert (float_section["n"], float_section["d"], float_section["nq"]) == (500, 16, 80)
-    assert float_section["n_queries_with_original"] == 70 and hash_section["binary"]
+    assert float_section["n_queries_with_original"] == store["n_with_original"] and hash_section["binary"]
+    assert 30 < store["n_with_original"] < 70  # some queries are copies of distractors: negatives
     assert list(float_section["runs"]) == ["Flat--L2", "Flat--cosine"]
     assert list(hash_section["runs"]) == ["BFlat--hamming"]
     for algo, section in saved["algorithms"].items():
@@ -184,7 +189,9 @@ def test_seed_experiment_object(store):
     assert set(result) == {"recall", "training_time", "searching_time", "k"} and len(result["recall"]) == 2
     query, neighbors, targets = exp.neighbor_paths(0)
     assert query == store["q_names"][0] and len(neighbors) == 3
-    assert targets == [name for name in store["db_names"] if name[:-4] == query.split("_")[0]]
+    for q in range(len(store["q_names"])):
+        query, _, targets = exp.neighbor_paths(q)
+        assert targets == [name for name in store["db_names"][:300] if name[:-4] == query.split("_")[0]]
     with pytest.raises(AttributeError):
         Experiment(FLOAT, "main", "queries", features_root=store["root"]).recall()
 
