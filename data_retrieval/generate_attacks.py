@@ -11,9 +11,10 @@ worker count or order. Existing outputs are kept (a second run writes nothing), 
 (an interrupted run leaves no half-written image), unreadable inputs are skipped and listed in
 ``OUTPUT_DIR/skipped.txt``. Chained edits (``chain_<n>``) are described in ``OUTPUT_DIR/chains.tsv``.
 
-Input names must not contain ``_``: the ground truth of a query ``<stem>_<attack_id>`` is the text before the
-first underscore (:func:`helpers.datasets.identity_of`). Such inputs are refused, or renamed in the outputs
-(``_`` -> ``-``) with ``--rename``.
+Any file name works (``IMG_1234.JPG``, spaces, unicode); sub-folders of INPUT_DIR are mirrored in OUTPUT_DIR.
+Which copy comes from which original is written as data: ``OUTPUT_DIR/ground_truth.csv`` (``query,reference,
+attack``, paths relative to OUTPUT_DIR and INPUT_DIR; :mod:`helpers.ground_truth`), rewritten at the end of every
+run with every variant present.
 """
 import argparse
 import logging
@@ -32,6 +33,7 @@ from data_retrieval.attacks import (DEFAULT_PARAMS, all_families, apply_attack, 
 from data_retrieval.runner import (clean_partial_files, cli_main, encode, finish_report, load_for_task,  # noqa: E402
                                    new_result, run_parallel, write_atomic)
 from helpers.cli import add_common_arguments, str2bool  # noqa: E402
+from helpers.ground_truth import GROUND_TRUTH_FILE, write_ground_truth  # noqa: E402
 from helpers.image_io import SkipReport, list_images  # noqa: E402
 from helpers.seeding import stable_seed  # noqa: E402
 
@@ -42,7 +44,8 @@ CHAINS_FILE = "chains.tsv"
 
 
 def output_name(stem, attack_id, fmt="png"):
-    """File name of the ``attack_id`` variant of the image ``stem``."""
+    """File name (relative to the output folder) of the ``attack_id`` variant of the image ``stem`` (its path
+    relative to the input folder, without extension)."""
     return f"{stem}_{attack_id}.{fmt}"
 
 
@@ -76,6 +79,7 @@ def _process_image(task):
         name = output_name(stem, attack_id, fmt)
         try:
             attacked, description = apply_attack_described(image, attack_id, variant_seed(seed, stem, attack_id))
+            (Path(output_dir) / name).parent.mkdir(parents=True, exist_ok=True)
             write_atomic(Path(output_dir) / name, encode(attacked, fmt, png_level))
         except (ValueError, OSError, MemoryError) as exc:
             result["failures"].append((str(path), f"attack {attack_id} failed: {exc}"))
@@ -86,29 +90,35 @@ def _process_image(task):
     return result
 
 
-def _plan(input_dir, output_dir, rename, report):
-    """(path, output stem) for each input image; refuses names that would break the identity convention."""
+def _plan(input_dir, output_dir, report):
+    """``(path, output stem, relative path)`` for each input image: the stem is the image's path relative to the
+    input folder without its extension (sub-folders mirrored)."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     paths = list_images(input_dir, report=report)
     out_resolved = output_dir.resolve()
     paths = [p for p in paths if out_resolved not in p.resolve().parents]
-    with_underscore = [p for p in paths if "_" in p.stem]
-    if with_underscore and not rename:
-        shown = ", ".join(p.name for p in with_underscore[:5])
-        more = f" and {len(with_underscore) - 5} more" if len(with_underscore) > 5 else ""
-        raise ValueError(
-            f"{len(with_underscore)} input name(s) contain '_' ({shown}{more}): the ground truth of a query "
-            f"'<stem>_<attack>' is the text before the first '_', so these would be misattributed. Rename them, "
-            f"or pass --rename (rename=True) to write them with '_' replaced by '-'")
     plan, seen = [], {}
     for path in paths:
-        stem = path.stem.replace("_", "-") if rename else path.stem
+        relative = path.relative_to(input_dir).as_posix()
+        stem = relative[: len(relative) - len(path.suffix)] if path.suffix else relative
         if stem in seen:
-            report.add(path, f"same output name '{stem}' as {seen[stem]}: its variants would overwrite those")
+            report.add(path, f"same output name '{stem}' as {seen[stem]} (same name, other extension): its "
+                             "variants would overwrite those")
             continue
         seen[stem] = path
-        plan.append((path, stem))
+        plan.append((path, stem, relative))
     return plan
+
+
+def _write_ground_truth(output_dir, plan, ids, fmt):
+    """``ground_truth.csv`` of every variant present in ``output_dir`` (query, reference, attack)."""
+    rows = []
+    for _, stem, relative in plan:
+        for attack_id in ids:
+            name = output_name(stem, attack_id, fmt)
+            if (Path(output_dir) / name).exists():
+                rows.append((name, relative, attack_id))
+    return write_ground_truth(Path(output_dir) / GROUND_TRUTH_FILE, rows)
 
 
 def _merge_chains(output_dir, new_entries):
@@ -125,13 +135,14 @@ def _merge_chains(output_dir, new_entries):
 
 
 def generate_attacks(input_dir, output_dir, workers=1, seed=0, families=None, extra=False, fmt="png",
-                     progress=True, rename=False, params=None, png_level=1):
+                     progress=True, params=None, png_level=1):
     """Write every attack variant of every image of ``input_dir`` into ``output_dir``.
 
     Parameters
     ----------
     input_dir, output_dir : str or Path
-        Images are listed recursively (:func:`helpers.image_io.list_images`); outputs are written flat.
+        Images are listed recursively (:func:`helpers.image_io.list_images`); sub-folders are mirrored in the
+        output, and ``output_dir/ground_truth.csv`` says which variant comes from which image.
     workers : int
         Processes (1 = in this process).
     seed : int
@@ -144,8 +155,6 @@ def generate_attacks(input_dir, output_dir, workers=1, seed=0, families=None, ex
         Output format (PNG is lossless, as in the seed; JPEG at quality 95).
     progress : bool
         Show a progress bar.
-    rename : bool
-        Accept input names containing ``_`` and write them with ``-`` instead (otherwise they are refused).
     params : dict, optional
         Attack parameters overriding :data:`data_retrieval.attacks.DEFAULT_PARAMS`.
     png_level : int
@@ -164,7 +173,7 @@ def generate_attacks(input_dir, output_dir, workers=1, seed=0, families=None, ex
     FileNotFoundError
         ``input_dir`` does not exist.
     ValueError
-        Bad parameters, or input names with ``_`` without ``rename``.
+        Bad parameters.
     """
 
     if fmt not in FORMATS:
@@ -183,10 +192,10 @@ def generate_attacks(input_dir, output_dir, workers=1, seed=0, families=None, ex
         raise ValueError("the selected families and parameters give no attack at all")
     check_attack_ids(ids)
     report = SkipReport()
-    plan = _plan(input_dir, output_dir, rename, report)
+    plan = _plan(input_dir, output_dir, report)
     output_dir.mkdir(parents=True, exist_ok=True)
     clean_partial_files(output_dir)
-    tasks = [(str(path), stem, ids, str(output_dir), fmt, int(seed), int(png_level)) for path, stem in plan]
+    tasks = [(str(path), stem, ids, str(output_dir), fmt, int(seed), int(png_level)) for path, stem, _ in plan]
     summary = {"images_total": len(plan), "images_read": 0, "variants_written": 0, "variants_existing": 0,
                "variants_per_image": len(ids), "attack_ids": ids}
     chains = {}
@@ -201,6 +210,7 @@ def generate_attacks(input_dir, output_dir, workers=1, seed=0, families=None, ex
     summary["seconds"] = time.perf_counter() - start
     if chains:
         _merge_chains(output_dir, chains)
+    summary["ground_truth"] = str(_write_ground_truth(output_dir, plan, ids, fmt))
     summary["skipped"] = finish_report(report, output_dir, logger)
     return summary
 
@@ -210,7 +220,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="generate_attacks.py",
         description="Write the attacked copies <stem>_<attack_id>.<fmt> of every image of INPUT_DIR into "
-                    "OUTPUT_DIR (the seed's 58 attacks by default). Resumable: existing outputs are kept.",
+                    "OUTPUT_DIR (the seed's 58 attacks by default), and OUTPUT_DIR/ground_truth.csv (query, "
+                    "reference, attack). Resumable: existing outputs are kept.",
 )
     parser.add_argument("input_dir", nargs="?", help="folder of original images (read recursively)")
     parser.add_argument("output_dir", nargs="?", help="folder for the attacked copies (created)")
@@ -225,9 +236,6 @@ def build_parser():
                         help="output format (png is lossless; jpg at quality 95; default: %(default)s)")
     parser.add_argument("--png-level", type=int, default=1,
                         help="zlib level 0-9 of the PNG files (1: fastest, 9: smallest; default: %(default)s)")
-    parser.add_argument("--rename", action="store_true",
-                        help="accept input names containing '_' and write them with '-' instead (refused "
-                             "otherwise: '_' separates the identity from the attack ID)")
     parser.add_argument("--list", action="store_true", help="print the attack IDs that would be written and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     group = parser.add_argument_group("attack parameters (the seed's; each takes a list of values)")
@@ -273,7 +281,7 @@ def _run(parser, args):
         parser.error("INPUT_DIR and OUTPUT_DIR are required (unless --list)")
     summary = generate_attacks(args.input_dir, args.output_dir, workers=args.workers, seed=args.seed,
                                families=args.families, extra=args.extra, fmt=args.fmt,
-                               progress=not args.no_progress, rename=args.rename, params=params,
+                               progress=not args.no_progress, params=params,
                                png_level=args.png_level)
     rate = summary["images_total"] / summary["seconds"] if summary["seconds"] > 0 else float("nan")
     print(f"images listed: {summary['images_total']}, read: {summary['images_read']}, "

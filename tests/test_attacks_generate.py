@@ -87,15 +87,28 @@ def test_chains_are_recorded_in_a_sidecar(originals, tmp_path):
         assert (out / name).is_file() and description.startswith("chain[")
 
 
-def test_names_with_underscores_are_refused_or_renamed(tmp_path, photo):
+def test_any_name_works_and_ground_truth_is_written(tmp_path, photo):
+    """Underscores, spaces, unicode and sub-folders: the ground truth is a file, not a naming convention."""
+    from helpers.ground_truth import read_ground_truth
+
     folder = tmp_path / "in"
-    folder.mkdir()
+    (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir()
     photo(20, 20, seed=1).save(folder / "my_photo.png")
-    with pytest.raises(ValueError, match="contain '_'"):
-        generate_attacks(folder, tmp_path / "out", families=["flip"], progress=False)
-    summary = generate_attacks(folder, tmp_path / "out", families=["flip"], rename=True, progress=False)
-    assert summary["variants_written"] == 1
-    assert [p.name for p in (tmp_path / "out").glob("*.png")] == ["my-photo_horizontal_flip.png"]
+    photo(20, 20, seed=2).save(folder / "IMG_0001 été.png")
+    photo(20, 20, seed=3).save(folder / "a" / "x.png")
+    photo(20, 20, seed=4).save(folder / "b" / "x.png")  # same name in another sub-folder: another image
+    summary = generate_attacks(folder, tmp_path / "out", families=["flip"], progress=False)
+    assert summary["variants_written"] == 4
+    truth = read_ground_truth(tmp_path / "out" / "ground_truth.csv")
+    assert sorted(truth.rows()) == [("IMG_0001 été_horizontal_flip.png", "IMG_0001 été.png", "horizontal_flip"),
+                            ("a/x_horizontal_flip.png", "a/x.png", "horizontal_flip"),
+                            ("b/x_horizontal_flip.png", "b/x.png", "horizontal_flip"),
+                            ("my_photo_horizontal_flip.png", "my_photo.png", "horizontal_flip")]
+    for query, _, _ in truth.rows():
+        assert (tmp_path / "out" / query).is_file()
+    again = generate_attacks(folder, tmp_path / "out", families=["flip"], progress=False)
+    assert again["variants_written"] == 0 and read_ground_truth(again["ground_truth"]).rows() == truth.rows()
 
 
 def test_parameters_formats_and_guards(originals, tmp_path, photo):
@@ -160,4 +173,5 @@ def test_cli(originals, tmp_path):
     assert "variants written: 3" in done.stdout and "skipped: 2" in done.stdout
     assert len(list((tmp_path / "out").glob("*_grayscale.png"))) == 3
     help_text = _run("-h")
-    assert help_text.returncode == 0 and "--rename" in help_text.stdout and "--text-lengths" in help_text.stdout
+    assert help_text.returncode == 0 and "ground_truth.csv" in help_text.stdout and "--text-lengths" in \
+        help_text.stdout
