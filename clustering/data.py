@@ -1,8 +1,10 @@
 """What is clustered: the features of a dataset (from the feature store), a partition of it, and its ground truth.
 
 The seed clusters ``all_memes`` (the Kaggle memes plus their templates, 250 templates); the ground truth of an
-image is its template (:func:`helpers.datasets.identity_of`: a meme ``<template>_<n>.jpg`` and the template image
-``<template>.jpg`` share the identity ``<template>``).
+image is its class label, read from the ``labels.csv`` of each dataset folder (:func:`helpers.ground_truth.
+dataset_labels`; written by an adapter from the folders or file names when absent: a meme ``<template>_<n>.jpg``
+and the template image ``<template>.jpg`` share the label ``<template>``). Images are identified by their path,
+so two files with the same name in two sub-folders are two images.
 
 Partitions: ``full`` (every image) and ``clean``, which drops the templates whose memes are not perceptually
 identical copies of the template (:data:`CLEAN_EXCLUDED_TEMPLATES`, the seed's list; configurable with
@@ -13,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.datasets import REGISTERED_DATASETS, resolve_dataset
+from helpers.datasets import REGISTERED_DATASETS, resolve_dataset, resolve_store_dataset
 from helpers.feature_store import FeatureStoreError, load_dataset_features
+from helpers.ground_truth import dataset_labels
 from helpers.log import get_logger
 from helpers.paths import FEATURES_DIR, REPO_ROOT, slugify
 
@@ -69,12 +72,13 @@ class ClusteringData:
 
 
 def dataset_store_name(dataset):
-    """Name of a dataset in the feature store: registered names as they are, folders by their folder name."""
+    """Name of a dataset in the feature store (:attr:`helpers.datasets.Dataset.store_key`): registered names as
+    they are, folders by their folder name plus a digest of their location."""
     dataset = str(dataset)
     if dataset in REGISTERED_DATASETS or ("/" not in dataset and not Path(dataset).is_dir()):
         return dataset
     try:
-        return resolve_dataset(dataset).name
+        return resolve_dataset(dataset).store_key
     except ValueError:
         return Path(dataset).name
 
@@ -92,9 +96,10 @@ def load_clustering_data(dataset=DEFAULT_DATASET, algorithm=DEFAULT_ALGORITHM, p
     """
     if partition not in PARTITIONS:
         raise ValueError(f"unknown partition {partition!r}; expected one of {', '.join(PARTITIONS)}")
-    name = dataset_store_name(dataset)
-    store = load_dataset_features(name, algorithm, root=features_root)
-    identities = np.asarray(store.identities())
+    source = resolve_store_dataset(dataset)
+    name = source.store_key
+    store = load_dataset_features(source, algorithm, root=features_root)
+    identities = np.asarray(dataset_labels(source, store.names))
     keep = np.ones(len(store), dtype=bool)
     excluded = {}
     if partition == "clean":

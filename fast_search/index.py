@@ -225,8 +225,9 @@ class FaissIndex(_BaseIndex):
         try:
             if self.binary:
                 self.factory = to_binary_factory(factory)
-                if dim % 8:
-                    raise ValueError(f"binary features need a multiple of 8 bits, got {dim}")
+                # packed rows carry whole bytes: a hash of 42 bits (Colorhash) is stored in 6 bytes whose last 6
+                # bits are 0 in every row, so searching the 48 stored bits gives exactly the 42-bit distances
+                self.dim = -(-int(dim) // 8) * 8
                 self.index = faiss.index_binary_factory(self.dim, self.factory)
             else:
                 if factory.strip().startswith("B"):

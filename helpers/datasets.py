@@ -14,6 +14,13 @@ under ``Datasets/`` (see ``Datasets/README.md`` for how to obtain each one):
 ``demo_attacks``       ``Datasets/demo/Attacks``
 ``demo_memes``         ``Datasets/demo/Memes`` (meme builder on the demo photos)
 ``demo_templates``     ``Datasets/demo/Templates``
+``DISC21_references``  ``Datasets/DISC21/references`` (the 1M database of DISC21)
+``DISC21_dev_queries`` ``Datasets/DISC21/dev_queries``, ground truth ``DISC21/dev_ground_truth.csv``
+``DISC21_final_queries`` ``Datasets/DISC21/final_queries``, ground truth ``DISC21/final_ground_truth.csv``
+``DISC21_training``    ``Datasets/DISC21/train`` (training images; also a score-normalisation background)
+``Copydays_original``  ``Datasets/Copydays/original``
+``Copydays_queries``   ``Datasets/Copydays/{crops,jpegqual,strong}``, ground truth ``Copydays/ground_truth.csv``
+                       (written by ``data_retrieval/adapters.py copydays``)
 =====================  ===============================================================
 
 The identity of an image is its dataset plus its path inside the dataset's folder
@@ -42,6 +49,19 @@ REGISTERED_DATASETS = {
     "demo_memes": ("demo/Memes",),
     "demo_templates": ("demo/Templates",),
     "demo_all_memes": ("demo/Memes", "demo/Templates"),
+    "DISC21_references": ("DISC21/references",),
+    "DISC21_dev_queries": ("DISC21/dev_queries",),
+    "DISC21_final_queries": ("DISC21/final_queries",),
+    "DISC21_training": ("DISC21/train",),
+    "Copydays_original": ("Copydays/original",),
+    "Copydays_queries": ("Copydays/crops", "Copydays/jpegqual", "Copydays/strong"),
+}
+
+#: ground-truth files of registered query datasets that do not keep theirs in their (single) folder
+REGISTERED_GROUND_TRUTH = {
+    "DISC21_dev_queries": "DISC21/dev_ground_truth.csv",
+    "DISC21_final_queries": "DISC21/final_ground_truth.csv",
+    "Copydays_queries": "Copydays/ground_truth.csv",
 }
 
 
@@ -53,6 +73,7 @@ class Dataset:
     folders: list = field(default_factory=list)
     registered: bool = False
     key: str = ""
+    ground_truth: str = ""  # the query ground-truth file when it is not <folder>/ground_truth.csv
 
     @property
     def store_key(self):
@@ -131,7 +152,8 @@ def resolve_dataset(name_or_path, datasets_dir=DATASETS_DIR):
     key = str(name_or_path)
     if key in REGISTERED_DATASETS:
         folders = [Path(datasets_dir) / sub for sub in REGISTERED_DATASETS[key]]
-        return Dataset(key, folders, registered=True)
+        truth = REGISTERED_GROUND_TRUTH.get(key)
+        return Dataset(key, folders, registered=True, ground_truth=str(Path(datasets_dir) / truth) if truth else "")
     path = Path(key).expanduser()
     if path.is_dir():
         resolved = path.resolve()

@@ -244,14 +244,19 @@ def labels_from_subfolders(keys):
 # ---------------------------------------------------------------------------------------- matching to stores
 
 
-def find_ground_truth(folders, explicit=None):
-    """The ground-truth file of a query dataset: ``explicit`` when given, else ``ground_truth.csv`` in its
-    (single) folder; ``None`` when there is none."""
+def find_ground_truth(folders, explicit=None, registered=None):
+    """The ground-truth file of a query dataset: ``explicit`` when given, else the ``registered`` one (a dataset
+    whose file lies elsewhere, e.g. DISC21's), else ``ground_truth.csv`` in its folder; ``None`` when there is
+    none."""
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise GroundTruthError(f"ground-truth file not found: {path}")
         return path
+    if registered:
+        if not Path(registered).is_file():
+            raise GroundTruthError(f"ground-truth file not found: {registered} (see Datasets/README.md)")
+        return Path(registered)
     found = [Path(folder) / GROUND_TRUTH_FILE for folder in folders if (Path(folder) / GROUND_TRUTH_FILE).is_file()]
     if len(found) > 1:
         raise GroundTruthError(f"the query dataset has several ground-truth files ({', '.join(map(str, found))}); "
@@ -353,7 +358,7 @@ def copy_truth(main, query, main_names, query_names, distractor=None, distractor
     main_keys = main.relative_names(main_names)
     query_keys = query.relative_names(query_names)
     distractor_keys = distractor.relative_names(distractor_names) if distractor is not None else []
-    path = find_ground_truth(query.folders, ground_truth)
+    path = find_ground_truth(query.folders, ground_truth, getattr(query, "ground_truth", None))
     if path is not None:
         truth = read_ground_truth(path)
     else:
@@ -376,3 +381,59 @@ def copy_truth(main, query, main_names, query_names, distractor=None, distractor
         db_identities += [f"distractor:{distractor.store_key}:{key}" for key in distractor_keys]
     query_identities = [main_tag + ref if ref is not None else None for ref in references]
     return CopyTruth(db_identities, query_identities, attacks, truth.source)
+
+
+def dataset_labels(dataset, names, write_adapter=True):
+    """The class (template) label of each of ``names`` (a store's images of ``dataset``).
+
+    Each folder of the dataset may hold a ``labels.csv`` (``image,label``). A folder without one gets labels from
+    an adapter, written there as ``labels.csv`` (with ``write_adapter``) so that they become data: folder-per-class
+    when its images lie in sub-folders (``<class>/<image>``), else the meme convention (``<template>_<n>``
+    belongs to ``<template>``; an image without ``_`` is its own template).
+
+    Raises
+    ------
+    GroundTruthError
+        When images are missing from a ``labels.csv``.
+    """
+    keys = dataset.relative_names(names)
+    if not dataset.folders:
+        return list(labels_from_names(keys).values())
+    several = len(dataset.folders) > 1
+    by_folder = {}
+    for key in keys:
+        head, _, rest = key.partition("/") if several else ("", "", key)
+        by_folder.setdefault(head, []).append(rest)
+    template_stems = set()
+    if several:  # memes + templates: the templates name the classes of the memes
+        for folder in dataset.folders:
+            if "templat" in Path(folder).name.lower():
+                template_stems |= {_stem(k) for k in by_folder.get(Path(folder).name, [])}
+    labels = {}
+    for folder in dataset.folders:
+        head = Path(folder).name if several else ""
+        members = by_folder.get(head, [])
+        prefix = f"{head}/" if several else ""
+        path = Path(folder) / LABELS_FILE
+        if path.is_file():
+            found = read_labels(path)
+        else:
+            if any("/" in key for key in members):
+                found = labels_from_subfolders(members)
+                how = "folder-per-class"
+            else:
+                found = labels_from_names(members, [k for k in members if _stem(k) in template_stems])
+                how = "file names (<template>_<n>)"
+            logger.warning("no %s in %s: labels taken from %s", LABELS_FILE, folder, how)
+            if write_adapter and found:
+                try:
+                    write_labels(path, found)
+                    logger.warning("wrote those labels to %s: check them, they are what the next runs read", path)
+                except OSError as exc:
+                    logger.warning("could not write %s (%s)", path, exc)
+        missing = [key for key in members if key not in found]
+        if missing:
+            raise GroundTruthError(f"{len(missing)} images of {folder} have no label in {path} (e.g. "
+                                   f"{missing[0]!r}); add them or delete the file to derive it again")
+        labels.update({prefix + key: found[key] for key in members})
+    return [labels[key] for key in keys]
