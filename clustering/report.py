@@ -107,12 +107,16 @@ def cluster_montages(run_dir, data, space, labels, stats, max_clusters=100, seed
         make_montage(items, tile=MONTAGE_TILE, columns=5).save(target)
 
         dist = space.to_points(prepared[position:position + 1], sq[position:position + 1], members)[0]
-        ranked = members[np.argsort(dist, kind="stable")]
-        rank_dist = np.sort(dist, kind="stable")
+        # equal distances (constant for hashes) are ordered by a seeded random key, never by row order; a member
+        # whose distance it shares with one left out of the montage is captioned "tied"
+        order_keys = np.lexsort((rng.random(members.size), dist))
+        ranked, rank_dist = members[order_keys], dist[order_keys]
         picks = list(range(ranked.size)) if ranked.size <= 10 else list(range(5)) + \
             list(range(ranked.size - 5, ranked.size))
-        items = [{"path": data.image_path(ranked[j]), "caption": _caption(data.names[ranked[j]],
-                                                                           f"d={rank_dist[j]:.3g}"),
+        left_out = set(np.unique(rank_dist[[j for j in range(ranked.size) if j not in set(picks)]]).tolist())
+        items = [{"path": data.image_path(ranked[j]),
+                  "caption": _caption(data.names[ranked[j]], f"d={rank_dist[j]:.3g}"
+                                      + (" tied" if rank_dist[j] in left_out else "")),
                   "border": "green" if identities[ranked[j]] == majority else "red"} for j in picks]
         target = run_dir / "extremes" / f"{cid}.png"
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 For the starting model and every checkpoint, the images of a dataset are embedded (whole images resized to the
 training size), grouped into clusters by ground-truth identity (an original with its attacked copies, a meme
-template with its memes: :func:`helpers.datasets.identity_of`), and measured with the seed's cluster statistics
+template with its memes: :func:`evaluation_groups`, from the ground-truth files), and measured with the seed's cluster statistics
 (:func:`clustering.metrics.cluster_statistics`: diameters, minimum centroid-to-outside distance, mean
 centroid-to-inside distance, centroid-to-centroid distances and the two signal-to-noise ratios). When the dataset
 holds originals and attacked copies, every copy is also searched among the originals: recall@1 per epoch.
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.datasets import attack_of, identity_of, resolve_dataset
+from helpers.datasets import resolve_dataset
 from helpers.feature_store import FeatureStoreError, load_features, save_features
 from helpers.image_io import ImageLoadError, SkipReport, load_image
 from helpers.log import get_logger
@@ -63,11 +63,12 @@ def expand_checkpoints(paths):
     return sorted(found)
 
 
-def load_pixels(datasets, size, report=None):
-    """Names and ``uint8 [N, size, size, 3]`` pixels of every readable image of ``datasets`` (decoded once)."""
+def load_pixels(datasets, size, report=None, sources=None):
+    """Names and ``uint8 [N, size, size, 3]`` pixels of every readable image of ``datasets`` (decoded once);
+    ``sources``, a list when given, receives the index of each image's dataset."""
     report = report if report is not None else SkipReport()
     names, pixels = [], []
-    for dataset in datasets:
+    for position, dataset in enumerate(datasets):
         for path in resolve_dataset(dataset).image_paths(report=report):
             try:
                 image = load_image(path)
@@ -75,6 +76,8 @@ def load_pixels(datasets, size, report=None):
                 report.add(path, str(exc))
                 continue
             names.append(str(path))
+            if sources is not None:
+                sources.append(position)
             pixels.append(np.asarray(eval_resize(image, size), dtype=np.uint8))
     if report:
         report.warn(logger)
@@ -95,9 +98,54 @@ def embed_pixels(model, pixels, batch_size=128, device="cpu"):
     return torch.cat(chunks).numpy()
 
 
-def cluster_labels(names, min_size=2):
-    """Integer cluster id per image from its identity; identities with fewer than ``min_size`` images get -1."""
-    identities = np.array([identity_of(name) for name in names])
+def evaluation_groups(datasets, names, sources):
+    """The ground-truth group of each image and whether it is a query, from the datasets' ground-truth files.
+
+    Copy mode, when a dataset has a ground truth (``ground_truth.csv``, :mod:`helpers.ground_truth`): each query
+    belongs to the group of its reference (a path relative to the reference dataset), each image of the other
+    datasets to its own group. Label mode otherwise: the ``labels.csv`` class of each image (derived once from
+    the folders or file names when missing, :func:`helpers.ground_truth.dataset_labels`); an image is a query
+    when it is not its class's own template (its file stem differs from its label).
+
+    Returns
+    -------
+    groups : list of str
+    is_query : bool array
+    """
+    from helpers.datasets import resolve_store_dataset
+    from helpers.ground_truth import dataset_labels, find_ground_truth, match_queries, read_ground_truth
+
+    resolved = [resolve_store_dataset(dataset) for dataset in datasets]
+    sources = np.asarray(sources)
+    members = [[names[i] for i in np.flatnonzero(sources == d)] for d in range(len(resolved))]
+    truths = [find_ground_truth(ds.folders, None, ds.ground_truth) for ds in resolved]
+    groups, is_query = [None] * len(names), np.zeros(len(names), dtype=bool)
+    if any(truths):
+        references = [k for d, ds in enumerate(resolved) if not truths[d] for k in ds.relative_names(members[d])]
+        for d, ds in enumerate(resolved):
+            rows = np.flatnonzero(sources == d)
+            keys = ds.relative_names(members[d])
+            if truths[d]:
+                refs, _ = match_queries(read_ground_truth(truths[d]), keys, references)
+                for row, ref, key in zip(rows, refs, keys):
+                    groups[row] = ref if ref is not None else f"negative:{ds.store_key}:{key}"
+                    is_query[row] = True
+            else:
+                for row, key in zip(rows, keys):
+                    groups[row] = key
+        return groups, is_query
+    for d, ds in enumerate(resolved):
+        rows = np.flatnonzero(sources == d)
+        for row, label in zip(rows, dataset_labels(ds, members[d])):
+            groups[row] = label
+            is_query[row] = Path(names[row]).stem != label
+    return groups, is_query
+
+
+def cluster_labels(groups, min_size=2):
+    """Integer cluster id per image from its group (:func:`evaluation_groups`); groups with fewer than
+    ``min_size`` images get -1."""
+    identities = np.asarray(groups)
     uniques, codes, counts = np.unique(identities, return_inverse=True, return_counts=True)
     labels = codes.astype(np.int64)
     labels[counts[codes] < min_size] = -1
@@ -140,20 +188,21 @@ def _features(model, slug, pixels, names, folder, device):
     return features
 
 
-def evaluate_model(features, names, labels, metric="cosine"):
-    """Cluster statistics (and retrieval metrics when there are queries) of one model's descriptors."""
+def evaluate_model(features, groups, is_query, labels, metric="cosine"):
+    """Cluster statistics (and retrieval metrics of the queries against the other images, when there are
+    queries) of one model's descriptors."""
     from clustering.metrics import cluster_statistics
 
     stats = cluster_statistics(features, labels, metric=metric)
     out = {"per_cluster": {key: np.asarray(stats[key], dtype=float) for key in PER_CLUSTER},
            **{key: stats[key] for key in GLOBAL}, "n_clusters": stats["n_clusters"]}
-    is_query = np.array([attack_of(name) is not None for name in names])
+    is_query = np.asarray(is_query, dtype=bool)
     if is_query.any() and (~is_query).any():
         from fast_search.evaluate import retrieval_metrics
 
         db, queries = np.flatnonzero(~is_query), np.flatnonzero(is_query)
-        metrics = retrieval_metrics(features[db], [names[i] for i in db], features[queries],
-                                    [names[i] for i in queries], metric=metric, ks=(1, 5, 10))
+        metrics = retrieval_metrics(features[db], [groups[i] for i in db], features[queries],
+                                    [groups[i] for i in queries], metric=metric, ks=(1, 5, 10))
         out.update({key: metrics[key] for key in ("recall@1", "recall@5", "recall@10", "muap") if key in metrics})
     return out
 
@@ -227,8 +276,10 @@ def evaluate_finetuning(checkpoints, datasets, out, baseline=None, baseline_weig
     else:
         start, info = starting_model(first)
         start_label = f"start ({info['start']})"
-    names, pixels = load_pixels(datasets, size)
-    labels = cluster_labels(names, min_cluster_size)
+    sources = []
+    names, pixels = load_pixels(datasets, size, sources=sources)
+    groups, is_query = evaluation_groups(datasets, names, sources)
+    labels = cluster_labels(groups, min_cluster_size)
     if (labels >= 0).sum() == 0:
         raise ValueError(f"no identity has {min_cluster_size} or more images; clusters need originals with their "
                          f"copies (<id>.<ext> and <id>_<attack>.<ext>)")
@@ -243,7 +294,7 @@ def evaluate_finetuning(checkpoints, datasets, out, baseline=None, baseline_weig
             net, _ = load_descriptor_net(dict(checkpoints)[epoch])
             model = TrainingModel(net)
         features = _features(model, slugify(slug), pixels, names, out, device)
-        result = evaluate_model(features, names, labels, metric)
+        result = evaluate_model(features, groups, is_query, labels, metric)
         result.update(label=label, epoch=epoch,
                       checkpoint=None if epoch is None else str(dict(checkpoints)[epoch]))
         results.append(result)
