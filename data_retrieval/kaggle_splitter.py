@@ -7,11 +7,13 @@ Usage (from the repository root)::
 
 1. Every image listed in the CSV (column 0: image id = file stem, column 1: template name, as the seed reads
    ``reddit_posts.csv``) is renamed, in place, ``<template>_<id>.<ext>``, with ``_`` replaced by ``-`` in both
-   parts (``_`` separates the template from the rest, :func:`helpers.datasets.identity_of`) and ``?`` removed
-   from the id.
+   parts (``_`` separates the template from the rest) and ``?`` removed from the id.
 2. The one known mislabelled image, ``EQKrGAq_imgr``, a Bad Luck Brian meme that the seed's procedure would
    otherwise turn into a template of its own (``EQKrGAq``), is renamed ``bad-luck-brian_EQKrGAq-imgr``.
 3. The first occurrence (in CSV order) of each template is copied to ``TEMPLATES/<template>.<ext>``.
+4. The labels are written as data (:mod:`helpers.ground_truth`): ``IMAGES/labels.csv`` and
+   ``TEMPLATES/labels.csv`` (the template of each image) and ``IMAGES/ground_truth.csv`` (each meme is a copy of
+   its template image).
 
 Re-running is safe: images already renamed and templates already present are counted, not redone. Ids that
 match no file, files the CSV does not list, and name clashes are reported and listed in
@@ -200,12 +202,29 @@ def split_kaggle(csv_path, images_dir, templates_dir, id_column=0, template_colu
         else:
             shutil.copy2(path, destination)
         summary["templates_written"] += 1
+    if not dry_run:
+        _write_truth(images_dir, templates_dir, renames, templates)
     if report:
         report.warn(logger)
         if not dry_run:
             report.write(templates_dir.parent, name="kaggle_splitter_skipped.txt")
     summary["skipped"] = [list(item) for item in report.items]
     return summary
+
+
+def _write_truth(images_dir, templates_dir, renames, templates):
+    """The labels as data: ``IMAGES/labels.csv`` (meme -> template), ``TEMPLATES/labels.csv`` and
+    ``IMAGES/ground_truth.csv`` (each meme is a copy of its template image)."""
+    from helpers.ground_truth import GROUND_TRUTH_FILE, LABELS_FILE, write_ground_truth, write_labels
+
+    final = {target.name for _, target in renames} | {p.name for p in images_dir.iterdir() if p.is_file()}
+    memes = {name: identity_of(name) for name in sorted(final) if "_" in Path(name).stem
+             and (images_dir / name).is_file()}
+    template_files = {template: f"{template}{path.suffix}" for template, path in templates.items()}
+    write_labels(images_dir / LABELS_FILE, memes)
+    write_labels(templates_dir / LABELS_FILE, {file: template for template, file in template_files.items()})
+    write_ground_truth(images_dir / GROUND_TRUTH_FILE,
+                       [(name, template_files.get(template), "meme") for name, template in memes.items()])
 
 
 def build_parser():

@@ -5,7 +5,7 @@
     OUT_DIR/Templates/<template>.jpg      the template itself (JPEG, quality 95)
     OUT_DIR/Memes/<template>_<n>.jpg      n = 0 .. per_template-1
 
-so that :func:`helpers.datasets.identity_of` of a meme is its template, as in the prepared Kaggle dataset.
+as in the prepared Kaggle dataset; the ground truth is also written as data (:func:`write_meme_truth`).
 A meme is made like real ones: a random crop of up to 15 % of each dimension, then captions (top/bottom white
 uppercase text with a black outline, or a white caption bar above or below the picture, sometimes a small
 watermark), a rescale, and one or two JPEG compressions. Captions cover a minority of the picture, so memes of
@@ -192,5 +192,26 @@ def build_memes(templates_dir, out_dir, per_template=20, seed=0, workers=1, prog
         for path, reason in result["failures"]:
             report.add(path, reason)
     summary["seconds"] = time.perf_counter() - start
+    summary["ground_truth"] = [str(path) for path in write_meme_truth(out_dir, [task[1] for task in tasks],
+                                                                      int(per_template))]
     summary["skipped"] = finish_report(report, out_dir, logger)
     return summary
+
+
+def write_meme_truth(out_dir, names, per_template):
+    """The ground truth of the built memes, as data: ``Memes/ground_truth.csv`` (each meme is a copy of its
+    template in ``Templates/``), ``Memes/labels.csv`` and ``Templates/labels.csv`` (the template of each image)."""
+    from helpers.ground_truth import GROUND_TRUTH_FILE, LABELS_FILE, write_ground_truth, write_labels
+
+    out_dir = Path(out_dir)
+    memes, templates = {}, {}
+    for name in names:
+        if (out_dir / "Templates" / f"{name}.jpg").exists():
+            templates[f"{name}.jpg"] = name
+        for n in range(per_template):
+            if (out_dir / "Memes" / f"{name}_{n}.jpg").exists():
+                memes[f"{name}_{n}.jpg"] = name
+    rows = [(meme, f"{name}.jpg" if f"{name}.jpg" in templates else None, "meme") for meme, name in memes.items()]
+    return [write_ground_truth(out_dir / "Memes" / GROUND_TRUTH_FILE, rows),
+            write_labels(out_dir / "Memes" / LABELS_FILE, memes),
+            write_labels(out_dir / "Templates" / LABELS_FILE, templates)]

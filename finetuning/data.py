@@ -8,7 +8,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from helpers.datasets import identity_of
 from helpers.image_io import ImageLoadError, SkipReport, load_image
 from helpers.log import get_logger
 from helpers.seeding import stable_seed
@@ -59,14 +58,19 @@ class ImageBank:
     lazy : bool
         Decode on access instead of up front (for datasets that do not fit in memory; unreadable files are
         then found, reported and replaced during training).
+    identities : list, optional
+        The class label of each of ``paths`` (triplet training: images of one label are positives; from the
+        datasets' ``labels.csv``, :func:`helpers.ground_truth.dataset_labels`); by default each image is its own
+        identity.
     """
 
-    def __init__(self, paths, short_side=None, report=None, lazy=False):
+    def __init__(self, paths, short_side=None, report=None, lazy=False, identities=None):
         self.report = report if report is not None else SkipReport()
+        label_of = dict(zip(map(str, paths), identities)) if identities is not None else None
         if lazy:
             self.paths = [str(path) for path in paths]
             self.images = _LazyImages(self.paths, short_side)
-            self.identities = [identity_of(path) for path in self.paths]
+            self.identities = [label_of[p] for p in self.paths] if label_of else list(self.paths)
             return
         self.images, self.paths = [], []
         for path in paths:
@@ -79,7 +83,7 @@ class ImageBank:
             self.paths.append(str(path))
         if self.report:
             self.report.warn(logger)
-        self.identities = [identity_of(path) for path in self.paths]
+        self.identities = [label_of[p] for p in self.paths] if label_of else list(self.paths)
 
     def __len__(self):
         return len(self.images)

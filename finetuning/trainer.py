@@ -228,9 +228,16 @@ def make_transform(config):
 
 def load_training_bank(config, report):
     datasets = config.train_dataset if isinstance(config.train_dataset, (list, tuple)) else [config.train_dataset]
-    paths = [path for dataset in datasets for path in resolve_dataset(dataset).image_paths(report=report)]
+    resolved = [resolve_dataset(dataset) for dataset in datasets]
+    listed = [ds.image_paths(report=report) for ds in resolved]
+    paths = [path for part in listed for path in part]
+    identities = None
+    if config.mode == "triplet":  # class labels: the only mode that reads them
+        from helpers.ground_truth import dataset_labels
+
+        identities = [label for ds, part in zip(resolved, listed) for label in dataset_labels(ds, part)]
     lazy = config.in_memory == "false" or (config.in_memory == "auto" and len(paths) > LAZY_THRESHOLD)
-    bank = ImageBank(paths, short_side=config.bank_side, report=report, lazy=lazy)
+    bank = ImageBank(paths, short_side=config.bank_side, report=report, lazy=lazy, identities=identities)
     if len(bank) == 0:
         raise ValueError(f"no readable training images in {config.train_dataset}")
     return bank
@@ -374,7 +381,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
         self.val_set = None
         if config.val_dataset and self.info.is_main:
-            self.val_set = build_validation_set(config.val_dataset, train_identities=set(self.bank.identities),
+            self.val_set = build_validation_set(config.val_dataset, train_paths=self.bank.paths,
                                                 copies=config.val_copies, seed=config.seed,
                                                 short_side=config.bank_side, families=config.edit_families)
             if config.val_distractors and not isinstance(self.bank.images, list):

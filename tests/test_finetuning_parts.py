@@ -1,6 +1,8 @@
 """Fine-tuning building blocks: schedules, augmentation policies, seeded views, validation sets, SyncBN layer."""
 import math
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -116,13 +118,20 @@ def test_validation_set_generates_copies_and_refuses_overlap(tmp_path, photo):
     folder.mkdir()
     for i in range(3):
         photo(80, 60, seed=10 + i).save(folder / f"v{i}.png")
-    rset = build_validation_set(folder, train_identities={"t0", "t1"}, copies=2, seed=0)
+    train = tmp_path / "train"
+    train.mkdir()
+    for i in range(2):
+        photo(80, 60, seed=20 + i).save(train / f"t{i}.png")
+    rset = build_validation_set(folder, train_paths=sorted(train.iterdir()), copies=2, seed=0)
     assert len(rset.db_names) == 3 and len(rset.query_names) == 6
-    assert sorted({name.split("_")[0] for name in rset.query_names}) == ["v0", "v1", "v2"]
+    assert sorted({name.split("_")[0] for name in rset.query_names}) == ["v0.png", "v1.png", "v2.png"]
+    assert [Path(name).name for name in rset.query_identities] == ["v0.png"] * 2 + ["v1.png"] * 2 + ["v2.png"] * 2
     again = build_validation_set(folder, copies=2, seed=0)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(rset.query_images, again.query_images))
-    with pytest.raises(ValueError, match="shares 1 identities"):
-        build_validation_set(folder, train_identities={"v1"}, copies=1)
+    # a training photo under another name is still the same image: refused (compared by content)
+    (train / "renamed.png").write_bytes((folder / "v1.png").read_bytes())
+    with pytest.raises(ValueError, match="shares 1 images"):
+        build_validation_set(folder, train_paths=sorted(train.iterdir()), copies=1)
 
 
 def test_validation_set_uses_existing_attacked_copies(tmp_path, photo):

@@ -7,6 +7,7 @@ import pytest
 
 from data_retrieval.kaggle_splitter import CsvFormatError, read_labels, split_kaggle
 from helpers.datasets import identity_of
+from helpers.ground_truth import read_ground_truth, read_labels
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "data_retrieval" / "kaggle_splitter.py"
@@ -40,12 +41,21 @@ def test_split_renames_fixes_and_extracts_templates(archive):
     csv, images, templates = archive
     original = {p.stem: p.read_bytes() for p in images.iterdir()}
     summary = split_kaggle(csv, images, templates)
-    names = sorted(p.name for p in images.iterdir())
+    names = sorted(p.name for p in images.iterdir() if p.suffix != ".csv")
     assert names == sorted(["bad-luck-brian_abc.jpg", "bad-luck-brian_def-1.jpg", "success-kid_xyz.png",
                             "success-kid_ghi.jpg", "success-kid_q2.png", "bad-luck-brian_EQKrGAq-imgr.png",
                             "stray.jpg"])
     # The first occurrence in the CSV is each template; the mislabelled image makes no template of its own.
-    assert sorted(p.name for p in templates.iterdir()) == ["bad-luck-brian.jpg", "success-kid.png"]
+    assert sorted(p.name for p in templates.iterdir()) == ["bad-luck-brian.jpg", "labels.csv", "success-kid.png"]
+    # the labels as data: the stray image (not in the CSV) has none
+    labels = read_labels(images / "labels.csv")
+    assert labels == {"bad-luck-brian_EQKrGAq-imgr.png": "bad-luck-brian", "bad-luck-brian_abc.jpg": "bad-luck-brian",
+                      "bad-luck-brian_def-1.jpg": "bad-luck-brian", "success-kid_ghi.jpg": "success-kid",
+                      "success-kid_q2.png": "success-kid", "success-kid_xyz.png": "success-kid"}
+    assert read_labels(templates / "labels.csv") == {"bad-luck-brian.jpg": "bad-luck-brian",
+                                                     "success-kid.png": "success-kid"}
+    truth = read_ground_truth(images / "ground_truth.csv")
+    assert truth.references["success-kid_q2.png"] == "success-kid.png" and len(truth) == 6
     assert (templates / "bad-luck-brian.jpg").read_bytes() == original["abc"]
     assert (templates / "success-kid.png").read_bytes() == original["xyz"]
     assert (images / "bad-luck-brian_EQKrGAq-imgr.png").read_bytes() == original["EQKrGAq_imgr"]
@@ -57,7 +67,7 @@ def test_split_renames_fixes_and_extracts_templates(archive):
     assert "missing1" in (templates.parent / "kaggle_splitter_skipped.txt").read_text()
     again = split_kaggle(csv, images, templates)
     assert again["renamed"] == 0 and again["templates_written"] == 0 and again["templates_existing"] == 2
-    assert sorted(p.name for p in images.iterdir()) == names
+    assert sorted(p.name for p in images.iterdir() if p.suffix != ".csv") == names
 
 
 def test_mislabelled_image_coming_from_the_csv_is_fixed(tmp_path, photo):
@@ -68,8 +78,9 @@ def test_mislabelled_image_coming_from_the_csv_is_fixed(tmp_path, photo):
     csv = tmp_path / "posts.csv"
     csv.write_text("id,template\nblb,bad-luck-brian\nimgr,EQKrGAq\n")
     split_kaggle(csv, images, tmp_path / "Templates")
-    assert sorted(p.name for p in images.iterdir()) == ["bad-luck-brian_EQKrGAq-imgr.png", "bad-luck-brian_blb.png"]
-    assert [p.name for p in (tmp_path / "Templates").iterdir()] == ["bad-luck-brian.png"]
+    assert sorted(p.name for p in images.iterdir() if p.suffix != ".csv") == ["bad-luck-brian_EQKrGAq-imgr.png",
+                                                                             "bad-luck-brian_blb.png"]
+    assert sorted(p.name for p in (tmp_path / "Templates").iterdir()) == ["bad-luck-brian.png", "labels.csv"]
 
 
 def test_dry_run_changes_nothing(archive, capsys):

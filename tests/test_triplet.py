@@ -40,7 +40,9 @@ def test_triplet_dataset(tmp_path, photo):
     for i in range(3):
         photo(60, 50, seed=i).save(tmp_path / f"p{i}.png")
         photo(60, 50, seed=i).rotate(10).save(tmp_path / f"p{i}_rot.png")
-    bank = ImageBank(sorted(tmp_path.glob("*.png")))
+    paths = sorted(tmp_path.glob("*.png"))
+    bank = ImageBank(paths, identities=[path.stem.split("_")[0] for path in paths])  # labels, as labels.csv gives
+    assert ImageBank(paths).identities == [str(path) for path in paths]  # without labels: each image its own
     dataset = TripletDataset(bank, simclr_transform(32), seed=0)
     assert len(dataset) == 6
     a, p, n, index = dataset[0]
