@@ -7,7 +7,8 @@ import pytest
 
 from data_retrieval.kaggle_splitter import CsvFormatError, read_labels, split_kaggle
 from helpers.datasets import identity_of
-from helpers.ground_truth import read_ground_truth, read_labels
+from helpers.ground_truth import read_ground_truth
+from helpers.ground_truth import read_labels as read_label_file
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "data_retrieval" / "kaggle_splitter.py"
@@ -48,11 +49,11 @@ def test_split_renames_fixes_and_extracts_templates(archive):
     # The first occurrence in the CSV is each template; the mislabelled image makes no template of its own.
     assert sorted(p.name for p in templates.iterdir()) == ["bad-luck-brian.jpg", "labels.csv", "success-kid.png"]
     # the labels as data: the stray image (not in the CSV) has none
-    labels = read_labels(images / "labels.csv")
+    labels = read_label_file(images / "labels.csv")
     assert labels == {"bad-luck-brian_EQKrGAq-imgr.png": "bad-luck-brian", "bad-luck-brian_abc.jpg": "bad-luck-brian",
                       "bad-luck-brian_def-1.jpg": "bad-luck-brian", "success-kid_ghi.jpg": "success-kid",
                       "success-kid_q2.png": "success-kid", "success-kid_xyz.png": "success-kid"}
-    assert read_labels(templates / "labels.csv") == {"bad-luck-brian.jpg": "bad-luck-brian",
+    assert read_label_file(templates / "labels.csv") == {"bad-luck-brian.jpg": "bad-luck-brian",
                                                      "success-kid.png": "success-kid"}
     truth = read_ground_truth(images / "ground_truth.csv")
     assert truth.references["success-kid_q2.png"] == "success-kid.png" and len(truth) == 6
