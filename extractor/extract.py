@@ -529,15 +529,13 @@ def _extract_dataset_locked(job, dataset, paths, display, listing_skips, folders
     for k in todo:
         meta = dict(job.metas[k], **common)
         meta.update(fingerprint=fingerprint(fields[k]), fingerprint_fields=fields[k])
-        fingerprint = {key: meta.get(key) for key in ("name", "weights", "weights_sha256", "preprocessing",
-                                                       "precision", "decode", "nvjpeg_share", "layers", "algorithm",
-                                                       "dim")}
-        fingerprint.update(chunk_size=chunk_size, images=_names_digest(display), shard=[start, stop],
-                           device_type=torch.device(device).type)
+        # an interrupted extraction resumes only with the same store fingerprint and the same chunk layout
+        resume_state = dict(fields[k], chunk_size=chunk_size, names=_names_digest(display), shard=[start, stop],
+                            device_type=torch.device(device).type)
         folder = _rank_folder(folders[k], dist.rank, dist.world_size) if dist.distributed else folders[k]
         if dist.distributed and _existing(folder) is not None and not force:
             continue  # this rank finished before an interruption of the merge
-        targets.append((k, _Target(folder, meta, job.widths[k], job.dtypes[k], fingerprint, display[start:stop],
+        targets.append((k, _Target(folder, meta, job.widths[k], job.dtypes[k], resume_state, display[start:stop],
                                    chunk_size, restart=force)))
     if targets:
         workers = auto_workers(device, job.hashes_only) if workers is None else workers
@@ -552,7 +550,7 @@ def _extract_dataset_locked(job, dataset, paths, display, listing_skips, folders
         for k, target in targets:
             target.meta["extraction_seconds"] = round(seconds, 3)
             target.skipped = listing_skips + target.skipped if dist.is_main else target.skipped
-            folder = target.finalize(overwrite=force or dist.distributed)
+            folder = target.finalize(overwrite=True)  # under the lock: missing, mismatched or forced
             if not dist.distributed:
                 _warn_skips(target.skipped, folder)
     dist.barrier()

@@ -138,7 +138,7 @@ class Dataset:
         return paths
 
 
-def resolve_dataset(name_or_path, datasets_dir=DATASETS_DIR):
+def resolve_dataset(name_or_path, datasets_dir=None):
     """Return the :class:`Dataset` for a registered name or a folder path.
 
     A path dataset is named after its folder (``/data/my_photos`` -> ``my_photos``), which is also its name in
@@ -150,6 +150,7 @@ def resolve_dataset(name_or_path, datasets_dir=DATASETS_DIR):
         If it is neither a registered name nor an existing folder.
     """
     key = str(name_or_path)
+    datasets_dir = DATASETS_DIR if datasets_dir is None else datasets_dir
     if key in REGISTERED_DATASETS:
         folders = [Path(datasets_dir) / sub for sub in REGISTERED_DATASETS[key]]
         truth = REGISTERED_GROUND_TRUTH.get(key)
@@ -169,7 +170,7 @@ def path_store_key(folder):
     return f"{resolved.name}-{digest}"
 
 
-def resolve_store_dataset(name_or_path, datasets_dir=DATASETS_DIR):
+def resolve_store_dataset(name_or_path, datasets_dir=None):
     """The :class:`Dataset` whose features a search or clustering reads: a registered name, a folder, or the
     bare name of a store written by code (synthetic features: a dataset without folders)."""
     try:
