@@ -8,7 +8,9 @@ folder holds:
   Python/torch/torchvision/faiss/numpy versions, device name, CPU count and git commit.
 
 A finished experiment is never overwritten unless ``force=True`` (``--force``); an unfinished one (an
-interrupted run) is resumed in place.
+interrupted run) is resumed in place. One writer at a time: the folder's lock (:mod:`helpers.locking`) is held
+from :func:`start_experiment` to :meth:`Experiment.finish` (or the end of the process), and a second run of the
+same experiment stops at once with an error naming the process that holds it.
 """
 import datetime as _dt
 import os
@@ -28,7 +30,8 @@ CONFIG_NAME = "config.yml"
 
 
 class ExperimentExistsError(FileExistsError):
-    """Raised when a finished experiment folder exists and ``--force`` was not given."""
+    """Raised when a finished experiment folder exists and ``--force`` was not given, or when another process is
+    running the same experiment."""
 
 
 def _now():
@@ -146,6 +149,8 @@ class Experiment:
         if summary:
             self.record["summary"] = summary
         self.save_record()
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
 
 
 def start_experiment(folder, config, force=False, device=None, argv=None):
@@ -167,13 +172,24 @@ def start_experiment(folder, config, force=False, device=None, argv=None):
     ExperimentExistsError
         If a finished experiment is in ``folder`` and ``force`` is False.
     """
+    from .locking import FolderLock, LockBusyError
+
     folder = Path(folder)
-    if folder.exists() and is_finished(folder):
-        if not force:
-            raise ExperimentExistsError(
-                f"{folder} already holds a finished experiment; choose another name or pass --force to overwrite it")
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    experiment = Experiment(folder, config, device=device, argv=argv)
-    experiment.save_record()
+    try:
+        lock = FolderLock(folder).acquire(wait=False)
+    except LockBusyError as exc:
+        raise ExperimentExistsError(str(exc).replace(", or run without --no-wait to wait", "")) from None
+    try:
+        if folder.exists() and is_finished(folder):
+            if not force:
+                raise ExperimentExistsError(f"{folder} already holds a finished experiment; choose another name or "
+                                            "pass --force to overwrite it")
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        experiment = Experiment(folder, config, device=device, argv=argv)
+        experiment.save_record()
+    except BaseException:
+        lock.release()
+        raise
+    experiment.lock = lock
     return experiment

@@ -316,3 +316,24 @@ def test_colorhash_is_searchable(tmp_path):
         own = distance[q, db_keys.index(truth.references[key])]
         hits.append(int(np.sum(distance[q] <= own)) == 1)  # pessimistic: strictly nearest
     assert point["recall@1"] == pytest.approx(np.mean(hits))
+
+
+def test_an_experiment_has_one_writer(tmp_path):
+    from helpers.experiment import ExperimentExistsError, start_experiment
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                               "from helpers.locking import FolderLock; FolderLock(sys.argv[2]).acquire(); "
+                               "print('held', flush=True); time.sleep(60)", str(REPO_ROOT), str(tmp_path / "exp")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ExperimentExistsError, match=f"being written by pid {holder.pid}"):
+            start_experiment(tmp_path / "exp", {"a": 1})
+    finally:
+        holder.kill()
+        holder.wait()
+    record = start_experiment(tmp_path / "exp", {"a": 1})  # the holder's death released it
+    record.finish()
+    with pytest.raises(ExperimentExistsError, match="finished experiment"):
+        start_experiment(tmp_path / "exp", {"a": 1})
+    start_experiment(tmp_path / "exp", {"a": 2}, force=True).finish()
