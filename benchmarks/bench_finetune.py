@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from helpers.datasets import attack_of  # noqa: E402
+from helpers.ground_truth import read_ground_truth  # noqa: E402
 from helpers.image_io import load_image, list_images  # noqa: E402
 from helpers.results import write_json  # noqa: E402
 
@@ -86,11 +86,12 @@ def build_eval_cache(bsds, attacks, cache, size, workers):
     """Database (500 originals) and queries (11,600 attacks): names, packed hashes, resized pixels (cached)."""
     target = cache / f"eval_{size}px.npz"
     db_paths = [p for split in ("train", "val", "test") for p in list_images(bsds / split)]
-    query_paths = [p for p in list_images(attacks) if attack_of(p)]
+    query_paths = [p for p in list_images(attacks)]
     if target.is_file():
         with np.load(target, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-        if len(arrays["db_names"]) == len(db_paths) and len(arrays["query_names"]) == len(query_paths):
+        if len(arrays["db_names"]) == len(db_paths) and len(arrays["query_names"]) == len(query_paths) and \
+                "query_ids" in arrays:
             return arrays, 0.0
     started = time.time()
     log(f"decoding {len(db_paths)} originals and {len(query_paths)} queries once ({size} px, {len(HASHES)} hashes)")
@@ -100,7 +101,12 @@ def build_eval_cache(bsds, attacks, cache, size, workers):
     hashes = np.stack([r[0] for r in results])
     pixels = np.stack([r[1] for r in results])
     n_db = len(db_paths)
+    truth = read_ground_truth(attacks / "ground_truth.csv")  # written by generate_attacks: data, not names
+    query_keys = [p.relative_to(attacks).as_posix() for p in query_paths]
     arrays = {"db_names": np.array([p.name for p in db_paths]), "query_names": np.array([p.name for p in query_paths]),
+              "db_ids": np.array([p.relative_to(bsds).as_posix() for p in db_paths]),
+              "query_ids": np.array([f"test/{truth.references[key]}" for key in query_keys]),
+              "query_attacks": np.array([truth.attacks[key] or "" for key in query_keys]),
               "db_hashes": hashes[:n_db], "query_hashes": hashes[n_db:], "db_pixels": pixels[:n_db],
               "query_pixels": pixels[n_db:]}
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}.npz")
@@ -152,13 +158,19 @@ def summarize(metrics):
             "per_family_recall@1": family_recall(metrics)}
 
 
+def eval_truth(arrays):
+    """``(db identities, query identities, query attacks)``: each database photo is ``<split>/<file>``, each query
+    the test photo its ``ground_truth.csv`` row names (the train and val photos are non-matching images)."""
+    return list(arrays["db_ids"]), list(arrays["query_ids"]), [a or None for a in arrays["query_attacks"]]
+
+
 def evaluate_hashes(arrays):
     from fast_search.evaluate import retrieval_metrics
 
     out = {}
     for name, (lo, hi) in hash_offsets().items():
-        metrics = retrieval_metrics(arrays["db_hashes"][:, lo:hi], list(arrays["db_names"]),
-                                    arrays["query_hashes"][:, lo:hi], list(arrays["query_names"]),
+        metrics = retrieval_metrics(arrays["db_hashes"][:, lo:hi], eval_truth(arrays)[0],
+                                    arrays["query_hashes"][:, lo:hi], *eval_truth(arrays)[1:],
                                     metric="hamming", ks=(1, 10))
         out[name] = summarize(metrics)
         log(f"{name:>16}: recall@1 {metrics['recall@1']:.4f}  (nq={len(arrays['query_names'])}, n=500, hamming)")
@@ -182,8 +194,8 @@ def evaluate_model(model, arrays):
     started = time.time()
     db = embed_pixels(model, arrays["db_pixels"])
     queries = embed_pixels(model, arrays["query_pixels"])
-    metrics = retrieval_metrics(db, list(arrays["db_names"]), queries, list(arrays["query_names"]),
-                                metric="cosine", ks=(1, 10))
+    db_identities, query_identities, attacks = eval_truth(arrays)
+    metrics = retrieval_metrics(db, db_identities, queries, query_identities, attacks, metric="cosine", ks=(1, 10))
     out = summarize(metrics)
     out["dim"] = int(db.shape[1])
     out["eval_seconds"] = time.time() - started

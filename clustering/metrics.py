@@ -1,7 +1,7 @@
 """Every clustering metric of the toolkit, each defined in its docstring.
 
-Notation: ``N`` points, ground-truth classes ``C`` (the template identity of each image, see
-:func:`helpers.datasets.identity_of`) and predicted clusters ``K``; ``n_ck`` is the number of points of class
+Notation: ``N`` points, ground-truth classes ``C`` (the template label of each image, see
+:func:`helpers.ground_truth.dataset_labels`) and predicted clusters ``K``; ``n_ck`` is the number of points of class
 ``c`` in cluster ``k``, ``n_c`` and ``n_k`` the class and cluster sizes. Entropies use natural logarithms.
 
 External scores (against the ground truth): :func:`homogeneity`, :func:`completeness`, :func:`v_measure`,

@@ -2,7 +2,7 @@
 
 The seed's benchmark edits every original photo with 12 families of attacks (58 variants with the default
 parameters, :data:`DEFAULT_PARAMS`); an edited copy is saved as ``<stem>_<attack_id>.png`` and its ground truth
-is the original ``<stem>`` (:func:`helpers.datasets.identity_of`). :func:`retrieve_ids` gives the IDs of a
+(the original and the attack) is written to ``ground_truth.csv`` by ``generate_attacks.py``. :func:`retrieve_ids` gives the IDs of a
 parameter set, in a fixed order, so search results can be broken down by attack. :func:`extra_attack_ids` adds
 the copy-detection families of DISC21 / AugLy / SSCD (flip, meme format, emoji overlay, background paste,
 screenshot frame, padding, perspective, pixelization, grayscale, chained edits).

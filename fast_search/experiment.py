@@ -244,21 +244,24 @@ def _fmt(value, digits=4):
 def format_results_table(results):
     """A plain-text table of a results dict: one row per (algorithm, index, metric, point) with recall@k, µAP,
     recall at 90% precision, ANN recall, search time and queries per second."""
-    header = ["algorithm", "index", "metric", "k", "nprobe/ef", "recall@k", "uAP", "R@P90", "ANN rec.",
-              "search s", "queries/s"]
+    header = ["algorithm", "index", "metric", "k", "nprobe/ef", "recall@k", "expected", "uAP", "R@P90",
+              "ANN rec.", "search s", "queries/s"]
     rows = []
     for algorithm, key, run, point in _rows(results):
         factory, _, metric = key.rpartition("--")
         param = point.get("nprobe") if point.get("nprobe") is not None else point.get("efsearch")
         k = point["k"]
         rows.append([algorithm, factory, metric, str(k), _fmt(param), _fmt(point.get(f"recall@{k}")),
-                     _fmt(point.get("muap")), _fmt(point.get("recall@P90")), _fmt(point.get("ann_recall")),
+                     _fmt(point.get(f"recall@{k}_expected")), _fmt(point.get("muap")), _fmt(point.get("recall@P90")),
+                     _fmt(point.get("ann_recall")),
                      _fmt(point.get("search_time"), 3), _fmt(point.get("qps"), 0)])
     widths = [max(len(header[i]), *(len(row[i]) for row in rows)) if rows else len(header[i])
               for i in range(len(header))]
     lines = ["  ".join(cell.ljust(widths[i]) if i < 3 else cell.rjust(widths[i]) for i, cell in enumerate(line))
              for line in [header] + rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    lines.append("recall@k and uAP count ties at the cut-off as misses (pessimistic, DISC21); 'expected' is recall@k "
+                 "under random tie-breaking")
     for algorithm, info in (results.get("algorithms") or {}).items():
         weights = info.get("weights") if isinstance(info, dict) else None
         if isinstance(weights, str) and weights.startswith("random"):

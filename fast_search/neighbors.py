@@ -7,6 +7,7 @@ database at all. ``index.html`` lists them (incorrect first, then queries withou
 the distances, and links to the montages relatively, so the folder can be moved or zipped.
 
 Borders: blue = query, green = a neighbour of the query's identity, red = another image, gray = the target.
+The neighbours themselves are written as data too: ``neighbors.csv.gz`` (:mod:`fast_search.neighbor_table`).
 Montages are written atomically and skipped when present, so an interrupted gallery resumes.
 """
 import html
@@ -22,6 +23,7 @@ from helpers.montage import make_montage
 from helpers.paths import FEATURES_DIR, NEIGHBORS_DIR
 
 from .experiment import same_config
+from .neighbor_table import write_neighbor_table
 from .search import Experiment, resolve_image_path
 
 logger = get_logger(__name__)
@@ -209,6 +211,8 @@ def explore_neighbors(name, algo, main_dataset, query_dataset, distractor_datase
         title = f"{experiment.algorithm}: {query_dataset} vs {main_dataset}" + \
             (f" + {distractor_dataset}" if distractor_dataset else "") + f" ({experiment.factory_str}, {metric})"
         index = _write_index(folder, entries, title, experiment, k_eff, int(correct_within))
+        write_neighbor_table(folder / "neighbors.csv.gz", experiment.query_names, experiment.db_names, experiment.D,
+                             experiment.I, experiment.identifiers_db, experiment.identifiers_query, k=k_eff)
         counts = {c: sum(e["category"] == c for e in entries) for c in CATEGORIES}
         recall = experiment.recall(min(int(correct_within), k_eff))[0]
         record.finish(shown=counts, recall_at_correct_within=None if np.isnan(recall) else recall)

@@ -2,9 +2,9 @@
 
 The database is clustered (Gaussian clusters around random centres, like real embeddings, so IVF partitions are
 meaningful); each query is a noisy copy of one database row (its original), optionally with queries whose
-original is not in the database (negatives). Names follow the ground-truth convention of
-:func:`helpers.datasets.identity_of`: database row ``i`` is ``<prefix><i>.png``, a query of row ``i`` is
-``<prefix><i>_<attack>.png``.
+original is not in the database (negatives). Database row ``i`` is named ``<prefix><i>.png`` and a query of row
+``i`` ``<prefix><i>_<attack>.png``: stores without image folders, whose ground truth the file-name adapter of
+:func:`helpers.ground_truth.ground_truth_from_names` reads unambiguously.
 """
 import numpy as np
 
