@@ -337,3 +337,27 @@ def test_an_experiment_has_one_writer(tmp_path):
     with pytest.raises(ExperimentExistsError, match="finished experiment"):
         start_experiment(tmp_path / "exp", {"a": 1})
     start_experiment(tmp_path / "exp", {"a": 2}, force=True).finish()
+
+
+def test_clustering_labels_come_from_files_and_paths(tmp_path):
+    """Same file name in two sub-folders: two images with their own labels (folder-per-class), written as
+    labels.csv; an explicit labels.csv wins over any naming."""
+    from clustering.data import load_clustering_data
+    from helpers.ground_truth import read_labels, write_labels
+
+    root = tmp_path / "Features"
+    folder = tmp_path / "classes"
+    _photos(folder / "cats", ["x.png", "y.png"], [1, 2])
+    _photos(folder / "dogs", ["x.png", "z.png"], [3, 4])
+    extract_features(DHASH, [str(folder)], out=root, progress=False, workers=0)
+    data = load_clustering_data(str(folder), DHASH, features_root=root)
+    assert len(data) == 4 and len(set(data.names)) == 4
+    assert sorted(zip([n.split("classes/")[1] for n in data.names], data.identities)) == [
+        ("cats/x.png", "cats"), ("cats/y.png", "cats"), ("dogs/x.png", "dogs"), ("dogs/z.png", "dogs")]
+    assert read_labels(folder / "labels.csv")["dogs/x.png"] == "dogs"
+    write_labels(folder / "labels.csv", {"cats/x.png": "A", "cats/y.png": "B", "dogs/x.png": "A", "dogs/z.png": "B"})
+    data = load_clustering_data(str(folder), DHASH, features_root=root)
+    assert sorted(data.identities.tolist()) == ["A", "A", "B", "B"]
+    write_labels(folder / "labels.csv", {"cats/x.png": "A"})
+    with pytest.raises(GroundTruthError, match="3 images"):
+        load_clustering_data(str(folder), DHASH, features_root=root)
