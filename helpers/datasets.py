@@ -95,13 +95,17 @@ class Dataset:
         """
         if not self.folders:
             return [str(name) for name in names]
+        # a folder (or its images) may be reached through symbolic links: try the folder as given and as resolved
+        given = [Path(os.path.abspath(folder)) for folder in self.folders]
         roots = [Path(os.path.realpath(folder)) for folder in self.folders]
-        prefixes = [f"{root.name}/" if len(roots) > 1 else "" for root in roots]
+        prefixes = [f"{Path(folder).name}/" if len(roots) > 1 else "" for folder in self.folders]
         out = []
         for name in names:
             path = Path(str(name))
             path = path if path.is_absolute() else REPO_ROOT / path
             key = _relative_to_any(path, roots, prefixes)
+            if key is None:
+                key = _relative_to_any(path, given, prefixes)
             if key is None:
                 key = _relative_to_any(Path(os.path.realpath(path)), roots, prefixes)
             if key is None:

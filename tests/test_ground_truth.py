@@ -361,3 +361,19 @@ def test_clustering_labels_come_from_files_and_paths(tmp_path):
     write_labels(folder / "labels.csv", {"cats/x.png": "A"})
     with pytest.raises(GroundTruthError, match="3 images"):
         load_clustering_data(str(folder), DHASH, features_root=root)
+
+
+def test_identity_survives_symbolic_links(tmp_path):
+    """Photos linked into the dataset folder one by one, or a linked folder (as Datasets/README.md suggests)."""
+    elsewhere = _photos(tmp_path / "shared" / "test", ["100007.jpg", "100039.jpg"], [1, 2])
+    linked_files = tmp_path / "Datasets" / "Original"
+    linked_files.mkdir(parents=True)
+    for photo in elsewhere.iterdir():
+        (linked_files / photo.name).symlink_to(photo)
+    linked_folder = tmp_path / "Datasets" / "Linked"
+    linked_folder.symlink_to(elsewhere, target_is_directory=True)
+    root = tmp_path / "Features"
+    for folder in (linked_files, linked_folder):
+        extract_features(DHASH, [str(folder)], out=root, progress=False, workers=0)
+        store = load_features(feature_dir(str(folder), DHASH, root))
+        assert D.resolve_dataset(str(folder)).relative_names(store.names) == ["100007.jpg", "100039.jpg"]
