@@ -9,7 +9,7 @@ folder holds:
 
 A finished experiment is never overwritten unless ``force=True`` (``--force``); an unfinished one (an
 interrupted run) is resumed in place. One writer at a time: the folder's lock (:mod:`helpers.locking`) is held
-from :func:`start_experiment` to :meth:`Experiment.finish` (or the end of the process), and a second run of the
+from :func:`start_experiment` to :meth:`ExperimentRecord.finish` (or the end of the process), and a second run of the
 same experiment stops at once with an error naming the process that holds it.
 """
 import datetime as _dt
@@ -119,8 +119,9 @@ def is_finished(folder):
     return bool(record) and record.get("status") == "finished"
 
 
-class Experiment:
-    """An experiment folder with its record. Use :func:`start_experiment` to create one."""
+class ExperimentRecord:
+    """An experiment folder with its record (not to be confused with the seed's search facade
+    :class:`fast_search.search.Experiment`). Use :func:`start_experiment` to create one."""
 
     def __init__(self, folder, config, device=None, argv=None):
         self.folder = Path(folder)
@@ -186,7 +187,7 @@ def start_experiment(folder, config, force=False, device=None, argv=None):
                                             "pass --force to overwrite it")
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        experiment = Experiment(folder, config, device=device, argv=argv)
+        experiment = ExperimentRecord(folder, config, device=device, argv=argv)
         experiment.save_record()
     except BaseException:
         lock.release()
