@@ -156,19 +156,32 @@ def test_evaluate_retrieval_counts_hits(photo):
 
 # ------------------------------------------------------------------------------------------------- syncbn
 
-def test_syncbn_single_process_equals_batchnorm():
+def test_syncbn_global_batch_against_numpy(monkeypatch):
+    """Our synchronised path (not torch's) on a simulated world of 2 processes holding the same batch: the
+    statistics are those of the two batches concatenated, checked against numpy; single-process it is torch's."""
+    import finetuning.syncbn as syncbn_module
+
     torch.manual_seed(0)
     bn = torch.nn.Sequential(torch.nn.BatchNorm2d(4))
     with torch.no_grad():
         bn[0].weight.uniform_(0.5, 2)
         bn[0].bias.uniform_(-1, 1)
-    reference = torch.nn.BatchNorm2d(4)
-    reference.load_state_dict(bn[0].state_dict())
+    weight, bias = bn[0].weight.detach().numpy().copy(), bn[0].bias.detach().numpy().copy()
     converted = convert_sync_batchnorm(bn, "cpu")
     assert isinstance(converted[0], SyncBatchNorm)
+    monkeypatch.setattr(syncbn_module, "is_initialized", lambda: True)
+    monkeypatch.setattr(syncbn_module, "world_size", lambda: 2)
+    monkeypatch.setattr(syncbn_module, "all_reduce_sum_with_grad", lambda tensor: tensor * 2)  # two equal ranks
     x = torch.randn(6, 4, 5, 5)
-    torch.testing.assert_close(converted(x), reference(x))
-    torch.testing.assert_close(converted[0].running_var, reference.running_var)
+    out = converted(x).detach().numpy()
+    both = np.concatenate([x.numpy(), x.numpy()]).astype(np.float64)  # the global batch of the 2 processes
+    mean, var = both.mean(axis=(0, 2, 3)), both.var(axis=(0, 2, 3))
+    expected = (x.numpy() - mean[None, :, None, None]) / np.sqrt(var[None, :, None, None] + 1e-5)
+    expected = expected * weight[None, :, None, None] + bias[None, :, None, None]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    n = both.size / 4
+    np.testing.assert_allclose(converted[0].running_mean.numpy(), 0.1 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(converted[0].running_var.numpy(), 0.9 + 0.1 * var * n / (n - 1), rtol=1e-5)
 
 
 def test_syncbn_keeps_scale_without_shift():
