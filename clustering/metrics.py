@@ -17,7 +17,7 @@ Comparison of two assignments: :func:`intersection_over_union`.
 """
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_mutual_info_score
+from sklearn import metrics as skm
 from sklearn.metrics.cluster import contingency_matrix as _sk_contingency
 
 from .distances import BLOCK_ELEMENTS, FeatureSpace, _as_feature_array
@@ -77,66 +77,45 @@ def contingency(labels_true, labels_pred):
     return _sk_contingency(encode_labels(labels_true), encode_labels(labels_pred), sparse=True)
 
 
-def _entropy(counts, total):
-    p = counts[counts > 0] / total
-    return float(-(p * np.log(p)).sum())
-
-
-def _entropies(labels_true, labels_pred):
-    """``H(C)``, ``H(K)``, ``H(C|K)``, ``H(K|C)`` and ``N``."""
-    table = contingency(labels_true, labels_pred).tocoo()
-    total = table.sum()
-    n_c = np.asarray(table.sum(axis=1)).ravel()
-    n_k = np.asarray(table.sum(axis=0)).ravel()
-    nz = table.data.astype(np.float64)
-    h_c, h_k = _entropy(n_c, total), _entropy(n_k, total)
-    h_c_given_k = float(-(nz / total * np.log(nz / n_k[table.col])).sum())
-    h_k_given_c = float(-(nz / total * np.log(nz / n_c[table.row])).sum())
-    return h_c, h_k, h_c_given_k, h_k_given_c, total
-
-
 # --------------------------------------------------------------------------------------------------------------
-# External scores
+# External scores (scikit-learn's implementations; the definitions are kept here, checked by hand in the tests)
 # --------------------------------------------------------------------------------------------------------------
 
 def homogeneity(labels_true, labels_pred):
     """Homogeneity ``h = 1 - H(C|K) / H(C)`` (1 when ``H(C) = 0``): each cluster holds members of one class only.
 
     ``H(C) = -sum_c n_c/N log(n_c/N)``, ``H(C|K) = -sum_{c,k} n_ck/N log(n_ck/n_k)``. In [0, 1]; splitting a
-    class over many clusters does not lower it (all singletons give 1).
+    class over many clusters does not lower it (all singletons give 1). scikit-learn's ``homogeneity_score``.
     """
-    h_c, _, h_c_k, _, _ = _entropies(labels_true, labels_pred)
-    return 1.0 if h_c == 0 else 1.0 - h_c_k / h_c
+    return float(skm.homogeneity_score(encode_labels(labels_true), encode_labels(labels_pred)))
 
 
 def completeness(labels_true, labels_pred):
     """Completeness ``c = 1 - H(K|C) / H(K)`` (1 when ``H(K) = 0``): all members of a class are in one cluster.
 
     The mirror of :func:`homogeneity` (classes and clusters swapped); one cluster holding everything gives 1.
+    scikit-learn's ``completeness_score``.
     """
-    _, h_k, _, h_k_c, _ = _entropies(labels_true, labels_pred)
-    return 1.0 if h_k == 0 else 1.0 - h_k_c / h_k
+    return float(skm.completeness_score(encode_labels(labels_true), encode_labels(labels_pred)))
 
 
 def v_measure(labels_true, labels_pred, beta=1.0):
     """V-measure ``(1 + beta) h c / (beta h + c)``: the (weighted) harmonic mean of homogeneity and completeness.
 
     With ``beta = 1`` it equals :func:`normalized_mutual_info` with the arithmetic mean. 0 when ``h + c = 0``.
+    scikit-learn's ``v_measure_score``.
     """
-    h, c = homogeneity(labels_true, labels_pred), completeness(labels_true, labels_pred)
-    return 0.0 if beta * h + c == 0 else (1.0 + beta) * h * c / (beta * h + c)
+    return float(skm.v_measure_score(encode_labels(labels_true), encode_labels(labels_pred), beta=beta))
 
 
 def normalized_mutual_info(labels_true, labels_pred):
     """NMI ``= I(C;K) / ((H(C) + H(K)) / 2)`` with ``I(C;K) = H(C) - H(C|K)`` (arithmetic normalisation).
 
-    1 for identical partitions (up to renaming); 1 as well when both are a single group.
+    1 for identical partitions (up to renaming); 1 as well when both are a single group. scikit-learn's
+    ``normalized_mutual_info_score``.
     """
-    h_c, h_k, h_c_k, _, _ = _entropies(labels_true, labels_pred)
-    if h_c == 0 and h_k == 0:
-        return 1.0
-    mutual = h_c - h_c_k
-    return float(max(0.0, mutual) / ((h_c + h_k) / 2.0))
+    return float(skm.normalized_mutual_info_score(encode_labels(labels_true), encode_labels(labels_pred),
+                                                  average_method="arithmetic"))
 
 
 def adjusted_mutual_info(labels_true, labels_pred):
@@ -144,9 +123,10 @@ def adjusted_mutual_info(labels_true, labels_pred):
 
     ``E[I]`` is the expected mutual information of two random partitions with the same cluster sizes
     (hypergeometric model, Vinh et al. 2010); arithmetic mean normalisation. About 0 for random labels, 1 for
-    identical partitions. Computed with scikit-learn's ``adjusted_mutual_info_score``.
+    identical partitions. scikit-learn's ``adjusted_mutual_info_score``.
     """
-    return float(adjusted_mutual_info_score(labels_true, labels_pred, average_method="arithmetic"))
+    return float(skm.adjusted_mutual_info_score(encode_labels(labels_true), encode_labels(labels_pred),
+                                                average_method="arithmetic"))
 
 
 def adjusted_rand_index(labels_true, labels_pred):
@@ -154,19 +134,10 @@ def adjusted_rand_index(labels_true, labels_pred):
 
     ``ARI = (sum_ck C(n_ck,2) - E) / ((sum_c C(n_c,2) + sum_k C(n_k,2)) / 2 - E)`` with
     ``E = sum_c C(n_c,2) sum_k C(n_k,2) / C(N,2)`` and ``C(n,2) = n (n-1) / 2``. 1 for identical partitions,
-    about 0 for random ones, can be negative. Defined as 1 when the denominator is 0 (both trivial and equal).
+    about 0 for random ones, can be negative; 1 when both partitions are trivial and equal. scikit-learn's
+    ``adjusted_rand_score``.
     """
-    table = contingency(labels_true, labels_pred)
-    total = int(table.sum())
-    pairs = lambda x: (np.asarray(x, dtype=np.float64) * (np.asarray(x, dtype=np.float64) - 1) / 2).sum()  # noqa
-    sum_ck = pairs(table.data)
-    sum_c = pairs(np.asarray(table.sum(axis=1)).ravel())
-    sum_k = pairs(np.asarray(table.sum(axis=0)).ravel())
-    expected = sum_c * sum_k / (total * (total - 1) / 2) if total > 1 else 0.0
-    denominator = (sum_c + sum_k) / 2 - expected
-    if denominator == 0:
-        return 1.0
-    return float((sum_ck - expected) / denominator)
+    return float(skm.adjusted_rand_score(encode_labels(labels_true), encode_labels(labels_pred)))
 
 
 def hungarian_accuracy(labels_true, labels_pred):

@@ -31,7 +31,8 @@ def same_partition(a, b):
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", range(4))
-def test_external_scores_match_sklearn(seed):
+def test_external_scores_take_any_labels(seed):
+    """The scores are scikit-learn's: string labels (as from labels.csv) give the same values as integers."""
     rng = np.random.default_rng(seed)
     true = rng.integers(0, 3 + seed, 60)
     pred = np.where(rng.random(60) < 0.6, true, rng.integers(0, 7, 60))
@@ -58,6 +59,8 @@ def test_scores_hand_computed():
     assert metrics.hungarian_accuracy(true, pred) == pytest.approx(3 / 4)
     assert metrics.hungarian_accuracy([0, 0, 1, 1], [5, 5, 3, 3]) == 1.0
     assert metrics.adjusted_rand_index([0, 0, 0], [1, 1, 1]) == 1.0
+    # H(C) = ln 2, H(K) = 1.5 ln 2, I = H(C) - H(C|K) = ln 2 -> NMI = ln2 / (1.25 ln 2) = 0.8 (= V-measure)
+    assert metrics.normalized_mutual_info(true, pred) == pytest.approx(0.8)
 
 
 def test_hungarian_accuracy_brute_force():
