@@ -3,7 +3,8 @@
 The seed's three plots keep their names: :func:`time_recall_plot_flat` (search time vs recall@k of Flat
 indexes), :func:`time_recall_plot_flat_sweep_k` (the same over a k sweep, each point annotated with its k) and
 :func:`time_recall_plot_IVF` (IVF/HNSW curves over their sweep against Flat points, optional log y). Added:
-:func:`per_attack_recall_plot` and :func:`precision_recall_plot`. :func:`plot_experiment` makes the ones that fit
+:func:`per_attack_recall_plot`, :func:`precision_recall_plot`, and the seed's recall-vs-k and time-vs-k figures
+(:func:`recall_k_plot`, :func:`time_k_plot`). :func:`plot_experiment` makes the ones that fit
 an experiment.
 """
 from pathlib import Path
@@ -204,11 +205,43 @@ def precision_recall_plot(section, algorithm="", save=False, filename=None, form
     return fig
 
 
+def recall_k_plot(results, save=False, filename=None, formats=("png", "pdf")):
+    """Recall@k against k, one line per run of a k sweep (the pessimistic value, solid, and the expected value
+    under random tie-breaking, dashed, where they differ); the seed's recall-vs-k figure."""
+    fig, ax = new_figure()
+    for i, (label, _, _, metric, _, points) in enumerate(_runs(results)):
+        points = sorted(points, key=lambda p: p["k"])
+        if len({p["k"] for p in points}) < 2:
+            continue
+        color = PALETTE[i % len(PALETTE)]
+        ks = [p["k"] for p in points]
+        ax.plot(ks, [_recall(p) for p in points], marker=MARKERS.get(metric, "o"), color=color, label=label)
+        expected = [p.get(f"recall@{p['k']}_expected") for p in points]
+        if all(v is not None for v in expected) and not np.allclose(expected, [_recall(p) for p in points]):
+            ax.plot(ks, expected, linestyle="--", color=color, label=f"{label} (expected, random ties)")
+    ax.set_xscale("log")
+    return _finish(fig, ax, "k (neighbours searched)", "recall@k", False, save, filename, formats)
+
+
+def time_k_plot(results, save=False, filename=None, log_y=False, formats=("png", "pdf")):
+    """Search time against k, one line per run of a k sweep; the seed's time-vs-k figure."""
+    fig, ax = new_figure()
+    for i, (label, _, _, metric, _, points) in enumerate(_runs(results)):
+        points = sorted(points, key=lambda p: p["k"])
+        if len({p["k"] for p in points}) < 2:
+            continue
+        ax.plot([p["k"] for p in points], [p["search_time"] for p in points], marker=MARKERS.get(metric, "o"),
+                color=PALETTE[i % len(PALETTE)], label=label)
+    ax.set_xscale("log")
+    return _finish(fig, ax, "k (neighbours searched)", "search time (s)", log_y, save, filename, formats)
+
+
 def plot_experiment(results, folder, log_y=False, formats=("png", "pdf")):
     """All plots that fit a results dict, saved into ``folder``; returns the written paths.
 
     ``time_recall``: the seed's plot for the experiment kind (Flat metrics, k sweep, IVF/HNSW vs Flat, or all
-    runs for an index comparison); ``per_attack_<algorithm>`` and ``precision_recall_<algorithm>`` per algorithm.
+    runs for an index comparison); for a k sweep also ``recall_k`` and ``time_k`` (recall and search time vs k);
+    ``per_attack_<algorithm>`` and ``precision_recall_<algorithm>`` per algorithm.
     """
     folder = Path(folder)
     kind = results.get("experiment")
@@ -224,6 +257,8 @@ def plot_experiment(results, folder, log_y=False, formats=("png", "pdf")):
     elif kind == "k" or several_k:
         written += time_recall_plot_flat_sweep_k(results, save=True, filename=folder / "time_recall",
                                                  log_y=log_y, formats=formats)
+        written += recall_k_plot(results, save=True, filename=folder / "recall_k", formats=formats)
+        written += time_k_plot(results, save=True, filename=folder / "time_k", log_y=log_y, formats=formats)
     else:
         written += time_recall_plot_flat(results, save=True, filename=folder / "time_recall", log_y=log_y,
                                          formats=formats)

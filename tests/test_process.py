@@ -40,8 +40,8 @@ def _readable_png(path):
 def test_process_writes_png_and_pdf(results):
     written = process_experiment("k", results_root=results["root"])
     names = {p.name for p in written}
-    for stem in ("time_recall", "per_attack_float_16", "precision_recall_float_16", "per_attack_hash_64_bits",
-                 "precision_recall_hash_64_bits"):
+    for stem in ("time_recall", "recall_k", "time_k", "per_attack_float_16", "precision_recall_float_16",
+                 "per_attack_hash_64_bits", "precision_recall_hash_64_bits"):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
     for path in written:
         assert path.parent == results["root"] / "k" and path.stat().st_size > 1000
@@ -60,6 +60,19 @@ def test_k_sweep_is_annotated_with_k(results):
     run = results["k"]["algorithms"][FLOAT]["runs"]["Flat--cosine"]
     x, y = ax.get_lines()[1].get_data()
     np.testing.assert_allclose(x, run["recall"])
+    np.testing.assert_allclose(y, run["searching_time"])
+
+
+def test_recall_and_time_against_k(results):
+    run = results["k"]["algorithms"][FLOAT]["runs"]["Flat--cosine"]
+    ax = plot.recall_k_plot(results["k"]).axes[0]
+    solid = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    assert len(solid) == 3  # L2, cosine, hamming
+    x, y = solid[1].get_data()
+    np.testing.assert_allclose(x, run["k"])
+    np.testing.assert_allclose(y, run["recall"])
+    x, y = plot.time_k_plot(results["k"]).axes[0].get_lines()[1].get_data()
+    np.testing.assert_allclose(x, run["k"])
     np.testing.assert_allclose(y, run["searching_time"])
 
 
