@@ -13,7 +13,7 @@ Examples::
 import argparse
 import sys
 
-from helpers.cli import add_common_arguments, parse_args
+from helpers.cli import add_common_arguments, add_max_pixels_argument, parse_args
 from helpers.log import setup_logging
 
 
@@ -76,6 +76,7 @@ def build_parser():
     parser.add_argument("--list", action="store_true", help="list the known models and hashes, then exit")
     parser.add_argument("--force", action="store_true",
                         help="recompute feature stores that already exist (they are kept otherwise)")
+    add_max_pixels_argument(parser)
     add_common_arguments(parser, force=False)
     return parser
 
@@ -117,7 +118,8 @@ def main(argv=None):
             weights=args.weights, precision=args.precision, out=args.out or FEATURES_DIR,
             checkpoint=args.checkpoint, name=args.name, force=args.force, l2_normalize=args.l2_normalize,
             pca=args.pca, pca_fit_dataset=args.pca_fit_dataset, whiten=args.whiten, layers=args.layers,
-            seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode)
+            seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode,
+            max_pixels=args.max_pixels)
     except (ValueError, FileNotFoundError, WeightsUnavailableError, FeatureStoreError, ImageLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from helpers.image_io import DEFAULT_MAX_PIXELS
+
 PART_SUFFIX = ".part"
 
 
@@ -16,12 +18,15 @@ def new_result(**counters):
     return {"failures": [], "loaded": False, **counters}
 
 
-def load_for_task(path, result):
-    """Load an image for a worker task; on failure record it in ``result['failures']`` and return ``None``."""
+def load_for_task(path, result, max_pixels=DEFAULT_MAX_PIXELS):
+    """Load an image for a worker task; on failure record it in ``result['failures']`` and return ``None``.
+
+    ``max_pixels``: the decompression-bomb limit (``--max-pixels``; ``None`` = no limit).
+    """
     from helpers.image_io import ImageLoadError, load_image
 
     try:
-        image = load_image(path)
+        image = load_image(path, max_pixels=max_pixels)
     except ImageLoadError as exc:
         result["failures"].append((str(path), str(exc)))
         return None

@@ -19,7 +19,7 @@ import torch
 
 from helpers.datasets import attack_of, identity_of, resolve_dataset
 from helpers.feature_store import FeatureStoreError, load_features, save_features
-from helpers.image_io import ImageLoadError, SkipReport, load_image
+from helpers.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, SkipReport, load_image
 from helpers.log import get_logger
 from helpers.paths import slugify
 from helpers.plotting import new_figure, save_figure
@@ -63,14 +63,14 @@ def expand_checkpoints(paths):
     return sorted(found)
 
 
-def load_pixels(datasets, size, report=None):
+def load_pixels(datasets, size, report=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Names and ``uint8 [N, size, size, 3]`` pixels of every readable image of ``datasets`` (decoded once)."""
     report = report if report is not None else SkipReport()
     names, pixels = [], []
     for dataset in datasets:
         for path in resolve_dataset(dataset).image_paths(report=report):
             try:
-                image = load_image(path)
+                image = load_image(path, max_pixels)
             except ImageLoadError as exc:
                 report.add(path, str(exc))
                 continue
@@ -205,7 +205,7 @@ def plot_per_epoch(results, out, keys, name, ylabel):
 
 
 def evaluate_finetuning(checkpoints, datasets, out, baseline=None, baseline_weights="random", seed=0, size=None,
-                        metric="cosine", min_cluster_size=2, device="cpu"):
+                        metric="cosine", min_cluster_size=2, device="cpu", max_pixels=DEFAULT_MAX_PIXELS):
     """Evaluate every checkpoint and the starting model; write the JSON and the plots into ``out``.
 
     Returns
@@ -227,7 +227,11 @@ def evaluate_finetuning(checkpoints, datasets, out, baseline=None, baseline_weig
     else:
         start, info = starting_model(first)
         start_label = f"start ({info['start']})"
-    names, pixels = load_pixels(datasets, size)
+    report = SkipReport()
+    try:
+        names, pixels = load_pixels(datasets, size, report=report, max_pixels=max_pixels)
+    finally:
+        report.write(out)  # the files left out, with their reasons
     labels = cluster_labels(names, min_cluster_size)
     if (labels >= 0).sum() == 0:
         raise ValueError(f"no identity has {min_cluster_size} or more images; clusters need originals with their "

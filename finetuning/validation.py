@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from helpers.datasets import attack_of, identity_of, resolve_dataset
-from helpers.image_io import SkipReport
+from helpers.image_io import DEFAULT_MAX_PIXELS, SkipReport
 from helpers.log import get_logger
 from helpers.seeding import stable_seed
 
@@ -53,7 +53,7 @@ def generated_copies(image, identity, copies, seed, families=None):
 
 
 def build_validation_set(dataset, train_identities=(), copies=10, seed=0, short_side=None, families=None,
-                         report=None):
+                         report=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Load a validation dataset as a :class:`RetrievalSet`.
 
     Parameters
@@ -74,7 +74,7 @@ def build_validation_set(dataset, train_identities=(), copies=10, seed=0, short_
     """
     report = report if report is not None else SkipReport()
     paths = resolve_dataset(dataset).image_paths(report=report)
-    bank = ImageBank(paths, short_side=short_side, report=report)
+    bank = ImageBank(paths, short_side=short_side, report=report, max_pixels=max_pixels)
     overlap = sorted(set(bank.identities) & set(map(str, train_identities)))
     if overlap:
         raise ValueError(f"the validation set shares {len(overlap)} identities with the training set (e.g. "
