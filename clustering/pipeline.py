@@ -182,7 +182,15 @@ def record_run(st, run_name, labels, params):
 
 
 def finalize(st, runs, extra=None, extra_plots=()):
-    """Experiment-level outputs, ``results.json`` and the record marked finished; returns the results dict."""
+    """Experiment-level outputs, ``results.json`` and the record marked finished; returns the results dict.
+
+    Raises ``ValueError`` (nothing marked finished, so the next valid request needs no ``--force``) when every
+    requested run was impossible.
+    """
+    if not runs and st.failures:
+        shown = " ".join("; ".join(f"{request}: {error}" for request, error in st.failures[:3]).split())
+        raise ValueError(f"none of the {len(st.failures)} requested run(s) could be made ({shown}); "
+                         f"{st.exp_dir} is not marked finished")
     if st.args.save:
         report.experiment_outputs(st.exp_dir, st.data, st.space, quantile=st.args.diameter_quantile)
     results = {
