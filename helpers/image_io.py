@@ -317,4 +317,4 @@ class SkipReport:
 
 def _one_line(text):
     """``text`` on one line without tabs (a file name may hold both): the list stays one entry per line."""
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")

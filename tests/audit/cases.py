@@ -331,6 +331,12 @@ def _evaluate_bad(tmp):
     expect_ok(_evaluate_finetuning(["--checkpoints", checkpoint, "--dataset", data, "--out", out, "--device",
                                     "cpu"]))
     _assert_listed(out)
+    # and a malicious --baseline checkpoint (the one flag that needs a real --checkpoints to be reached)
+    evil = tmp / "evil.pth"
+    malicious_checkpoint(evil, marker(tmp))
+    expect_error(_evaluate_finetuning(["--checkpoints", checkpoint, "--baseline", evil, "--dataset", data, "--out",
+                                       tmp / "evaluation2", "--device", "cpu"]), "evil.pth", "Python objects")
+    assert_payload_never_ran(tmp)
 
 
 # --------------------------------------------------------------------------------------------------------------
