@@ -193,7 +193,7 @@ def same_config(folder, config):
         return False
     try:
         previous = load_config_file(path)
-    except SystemExit:
+    except ValueError:  # helpers.cli.ConfigFileError: a damaged record is not the same configuration
         return False
     return _comparable(previous) == _comparable(config)
 

@@ -43,64 +43,48 @@ def add_common_arguments(parser, device=True, seed=True, force=True):
     return parser
 
 
+class ConfigFileError(ValueError):
+    """A ``--config`` file that cannot be used (missing, unreadable, not YAML, unsafe tag, not a mapping)."""
+
+
 def config_error(message):
     """End the program as argparse does for a bad flag: one line ``error: ...`` on stderr, exit code 2."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
-def max_pixels_type(text):
-    """argparse type of ``--max-pixels``: a positive pixel count; 0 or ``none`` = no limit (``None``)."""
-    from .image_io import check_max_pixels
-
-    try:
-        return check_max_pixels(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_max_pixels_argument(parser):
-    """Add ``--max-pixels N`` (also spelled ``--max_pixels``): the decompression-bomb limit of every image read.
-
-    Every script that decodes images has it, so the loader's refusal message ("raise --max-pixels to accept
-    it") always names a flag that exists. The value arrives as ``args.max_pixels`` (``None`` = no limit).
-    """
-    from .image_io import DEFAULT_MAX_PIXELS
-
-    parser.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=max_pixels_type,
-                        default=DEFAULT_MAX_PIXELS, metavar="N",
-                        help="refuse (skip and list) images of more than N pixels, a decompression-bomb guard; "
-                             "0 = no limit (default: %(default)s)")
-    return parser
-
-
 def load_config_file(path):
     """Read a YAML config file into a flat ``{dest: value}`` dict.
 
     A file written by :mod:`helpers.experiment` (``config.yml``) is flat; an ``experiment.yml`` record holds
-    the config under its ``config`` key, which is accepted too. Any problem with the file (missing, unreadable,
-    not YAML, a tag ``yaml.safe_load`` refuses such as ``!!python/object``, not a mapping) ends the program
-    with one ``error: ...`` line and exit code 2 (:func:`config_error`).
+    the config under its ``config`` key, which is accepted too.
+
+    Raises
+    ------
+    ConfigFileError
+        The file is missing, a folder, unreadable, not UTF-8, not valid YAML (a tag ``yaml.safe_load`` refuses,
+        such as ``!!python/object``, included) or not a mapping. :func:`parse_args` turns it into one
+        ``error: ...`` line and exit code 2.
     """
     try:
         with open(path, "r", encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except FileNotFoundError:
-        config_error(f"config file not found: {path}")
+        raise ConfigFileError(f"config file not found: {path}") from None
     except IsADirectoryError:
-        config_error(f"config file {path} is a folder; give the YAML file (e.g. its config.yml)")
+        raise ConfigFileError(f"config file {path} is a folder; give the YAML file (e.g. its config.yml)") from None
     except OSError as exc:
-        config_error(f"cannot read config file {path}: {exc.strerror or exc}")
+        raise ConfigFileError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        config_error(f"config file {path} is not a UTF-8 text file")
+        raise ConfigFileError(f"config file {path} is not a UTF-8 text file") from None
     except yaml.YAMLError as exc:
         detail = " ".join(str(exc).split())
-        config_error(f"config file {path} is not valid (safe) YAML: {detail}")
+        raise ConfigFileError(f"config file {path} is not valid (safe) YAML: {detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        config_error(f"config file {path} must hold a mapping of flag names to values, not a "
-                     f"{type(data).__name__}")
+        raise ConfigFileError(f"config file {path} must hold a mapping of flag names to values, not a "
+                              f"{type(data).__name__}")
     if "config" in data and isinstance(data["config"], dict) and "command_line" in data:
         data = data["config"]
     return {str(key).replace("-", "_"): value for key, value in data.items()}
@@ -152,7 +136,10 @@ def parse_args(parser, argv=None):
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        values = load_config_file(known.config)
+        try:
+            values = load_config_file(known.config)
+        except ConfigFileError as exc:
+            config_error(str(exc))
         values.pop("config", None)
         actions = {action.dest: action for action in parser._actions if action.dest != "help"}
         unknown = sorted(set(values) - set(actions))
