@@ -43,6 +43,31 @@ def add_common_arguments(parser, device=True, seed=True, force=True):
     return parser
 
 
+def max_pixels_type(text):
+    """argparse type of ``--max-pixels``: a positive pixel count; 0 or ``none`` = no limit (``None``)."""
+    from .image_io import check_max_pixels
+
+    try:
+        return check_max_pixels(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_max_pixels_argument(parser):
+    """Add ``--max-pixels N`` (also spelled ``--max_pixels``): the decompression-bomb limit of every image read.
+
+    Every script that decodes images has it, so the loader's refusal message ("raise --max-pixels to accept
+    it") always names a flag that exists. The value arrives as ``args.max_pixels`` (``None`` = no limit).
+    """
+    from .image_io import DEFAULT_MAX_PIXELS
+
+    parser.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=max_pixels_type,
+                        default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="refuse (skip and list) images of more than N pixels, a decompression-bomb guard; "
+                             "0 = no limit (default: %(default)s)")
+    return parser
+
+
 class ConfigFileError(ValueError):
     """A ``--config`` file that cannot be used (missing, unreadable, not YAML, unsafe tag, not a mapping)."""
 
