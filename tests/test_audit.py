@@ -8,6 +8,7 @@ import pytest
 
 from tests.audit import CASES, NotApplicable, cases  # noqa: F401 (registers the cases)
 
+
 @pytest.mark.parametrize("audit_case", CASES, ids=[c.name for c in CASES])
 def test_audit_case(audit_case, tmp_path):
     try:
