@@ -12,7 +12,7 @@ epoch when the dataset holds originals and attacked copies. Writes finetuning_ev
 import argparse
 import sys
 
-from helpers.cli import add_common_arguments, parse_args, resolved_config
+from helpers.cli import add_common_arguments, add_max_pixels_argument, parse_args, resolved_config
 from helpers.log import setup_logging
 
 
@@ -40,6 +40,7 @@ def build_parser():
     parser.add_argument("--min_cluster_size", type=int, default=2,
                         help="identities with fewer images are not clusters (they count as outside points) "
                              "(default: %(default)s)")
+    add_max_pixels_argument(parser)
     add_common_arguments(parser)
     return parser
 
@@ -57,7 +58,8 @@ def main(argv=None):
         experiment = start_experiment(args.out, resolved_config(args), force=args.force, device=device)
         summary = evaluate_finetuning(args.checkpoints, args.dataset, args.out, baseline=args.baseline,
                                       baseline_weights=args.baseline_weights, seed=args.seed, size=args.size,
-                                      metric=args.metric, min_cluster_size=args.min_cluster_size, device=device)
+                                      metric=args.metric, min_cluster_size=args.min_cluster_size, device=device,
+                                      max_pixels=args.max_pixels)
     except (ValueError, FileNotFoundError, ExperimentExistsError) as exc:
         parser.exit(2, f"error: {exc}\n")
     experiment.finish(**{k: v for k, v in summary.items() if k == "best_epoch"})

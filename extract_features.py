@@ -13,7 +13,7 @@ Examples::
 import argparse
 import sys
 
-from helpers.cli import add_common_arguments, parse_args
+from helpers.cli import add_common_arguments, add_max_pixels_argument, parse_args
 from helpers.log import setup_logging
 
 
@@ -81,6 +81,7 @@ def build_parser():
     parser.add_argument("--no-wait", action="store_true",
                         help="stop with an error when another process is writing the same store (default: wait "
                              "for it, then reuse what it wrote)")
+    add_max_pixels_argument(parser)
     add_common_arguments(parser, force=False)
     return parser
 
@@ -124,7 +125,7 @@ def main(argv=None):
             checkpoint=args.checkpoint, name=args.name, force=args.force, l2_normalize=args.l2_normalize,
             pca=args.pca, pca_fit_dataset=args.pca_fit_dataset, whiten=args.whiten, layers=args.layers,
             seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode,
-            wait=not args.no_wait)
+            wait=not args.no_wait, max_pixels=args.max_pixels)
     except (ValueError, FileNotFoundError, WeightsUnavailableError, FeatureStoreError, ImageLoadError,
             LockBusyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers.cli import add_common_arguments, resolved_config, str2bool
+from helpers.cli import add_common_arguments, add_max_pixels_argument, resolved_config, str2bool
 from helpers.experiment import ExperimentExistsError, start_experiment
 from helpers.feature_store import FeatureStoreError
 from helpers.log import get_logger, setup_logging
@@ -67,6 +67,7 @@ def add_clustering_arguments(parser, metric_default="euclidean"):
     out.add_argument("--outliers", default="singletons", choices=OUTLIER_MODES,
                      help="how outliers (-1) enter the scores: each its own cluster, all in one cluster (the "
                           "seed), or left out (default: %(default)s)")
+    add_max_pixels_argument(out)  # montages of --save decode the images
     add_common_arguments(parser)
     return parser
 
@@ -172,7 +173,8 @@ def record_run(st, run_name, labels, params):
         title = f"{st.data.algorithm}, {st.method}, {run_name}"
         scores.update(report.run_outputs(run_dir, st.data, st.space, labels, title,
                                          max_montages=st.args.montages, tsne=st.tsne if st.args.tsne else None,
-                                         seed=st.args.seed, quantile=st.args.diameter_quantile))
+                                         seed=st.args.seed, quantile=st.args.diameter_quantile,
+                                         max_pixels=st.args.max_pixels))
     layout.save_scores(run_dir, scores)
     logger.info("%s: %d clusters, %d outliers, v-measure %.4f, ARI %.4f", run_name, scores["n_clusters"],
                 scores["n_outliers"], scores["v_measure"] or 0.0, scores["ari"] or 0.0)
@@ -180,7 +182,15 @@ def record_run(st, run_name, labels, params):
 
 
 def finalize(st, runs, extra=None, extra_plots=()):
-    """Experiment-level outputs, ``results.json`` and the record marked finished; returns the results dict."""
+    """Experiment-level outputs, ``results.json`` and the record marked finished; returns the results dict.
+
+    Raises ``ValueError`` (nothing marked finished, so the next valid request needs no ``--force``) when every
+    requested run was impossible.
+    """
+    if not runs and st.failures:
+        shown = " ".join("; ".join(f"{request}: {error}" for request, error in st.failures[:3]).split())
+        raise ValueError(f"none of the {len(st.failures)} requested run(s) could be made ({shown}); "
+                         f"{st.exp_dir} is not marked finished")
     if st.args.save:
         report.experiment_outputs(st.exp_dir, st.data, st.space, quantile=st.args.diameter_quantile)
     results = {

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers.log import get_logger
+from helpers.image_io import DEFAULT_MAX_PIXELS
 from helpers.montage import make_montage
 from helpers.seeding import stable_seed
 
@@ -77,7 +78,7 @@ def _caption(name, extra=None):
     return stem if extra is None else f"{stem}\n{extra}"
 
 
-def cluster_montages(run_dir, data, space, labels, stats, max_clusters=100, seed=0):
+def cluster_montages(run_dir, data, space, labels, stats, max_clusters=100, seed=0, max_pixels=DEFAULT_MAX_PIXELS):
     """Write ``representatives/<id>.png`` and ``extremes/<id>.png`` for the ``max_clusters`` largest clusters.
 
     ``max_clusters < 0`` means every cluster. Returns the ids of the clusters drawn, largest first.
@@ -104,7 +105,7 @@ def cluster_montages(run_dir, data, space, labels, stats, max_clusters=100, seed
                   "border": "green" if identities[i] == majority else "red"} for i in chosen]
         target = run_dir / "representatives" / f"{cid}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        make_montage(items, tile=MONTAGE_TILE, columns=5).save(target)
+        make_montage(items, tile=MONTAGE_TILE, columns=5, max_pixels=max_pixels).save(target)
 
         dist = space.to_points(prepared[position:position + 1], sq[position:position + 1], members)[0]
         # equal distances (constant for hashes) are ordered by a seeded random key, never by row order; a member
@@ -120,7 +121,7 @@ def cluster_montages(run_dir, data, space, labels, stats, max_clusters=100, seed
                   "border": "green" if identities[ranked[j]] == majority else "red"} for j in picks]
         target = run_dir / "extremes" / f"{cid}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        make_montage(items, tile=MONTAGE_TILE, columns=5).save(target)
+        make_montage(items, tile=MONTAGE_TILE, columns=5, max_pixels=max_pixels).save(target)
         drawn.append(cid)
     return drawn
 
@@ -158,7 +159,8 @@ def tsne_coordinates(exp_dir, space, seed=0, sample=TSNE_SAMPLE):
 # Per run and per experiment
 # --------------------------------------------------------------------------------------------------------------
 
-def run_outputs(run_dir, data, space, labels, title, max_montages=100, tsne=None, seed=0, quantile=1.0):
+def run_outputs(run_dir, data, space, labels, title, max_montages=100, tsne=None, seed=0, quantile=1.0,
+                max_pixels=DEFAULT_MAX_PIXELS):
     """Statistics, plots and montages of one run; returns the global statistics (for ``scores.json``)."""
     run_dir = Path(run_dir)
     stats = cluster_statistics(data.features, labels, metric=space.metric, diameter_quantile=quantile,
@@ -170,7 +172,8 @@ def run_outputs(run_dir, data, space, labels, title, max_montages=100, tsne=None
     iou, _, _ = intersection_over_union(labels, data.labels_true)
     plots.iou_heatmap(iou, run_dir / "intersection_union", title=title)
     if max_montages:
-        cluster_montages(run_dir, data, space, labels, stats, max_clusters=max_montages, seed=seed)
+        cluster_montages(run_dir, data, space, labels, stats, max_clusters=max_montages, seed=seed,
+                         max_pixels=max_pixels)
     if tsne is not None:
         indices, coords = tsne
         plots.tsne_map(coords, data.labels_true[indices], labels[indices], run_dir / "tsne", title=title)

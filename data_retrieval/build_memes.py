@@ -17,7 +17,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from data_retrieval.memes import build_memes  # noqa: E402
 from data_retrieval.runner import cli_main  # noqa: E402
-from helpers.cli import add_common_arguments  # noqa: E402
+from helpers.cli import add_common_arguments, add_max_pixels_argument  # noqa: E402
 
 
 def build_parser():
@@ -33,6 +33,7 @@ def build_parser():
     parser.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)),
                         help="parallel processes (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_max_pixels_argument(parser)
     add_common_arguments(parser, device=False, seed=True, force=False)
     return parser
 
@@ -44,7 +45,7 @@ def main(argv=None):
 
 def _run(args):
     summary = build_memes(args.templates_dir, args.out_dir, per_template=args.per_template, seed=args.seed,
-                          workers=args.workers, progress=not args.no_progress)
+                          workers=args.workers, progress=not args.no_progress, max_pixels=args.max_pixels)
     print(f"templates: {summary['templates_total']} (read {summary['templates_read']}, "
           f"{summary['templates_written']} template files written), memes written: {summary['memes_written']}, "
           f"already present: {summary['memes_existing']}, skipped: {len(summary['skipped'])}, "

@@ -32,9 +32,9 @@ from data_retrieval.attacks import (DEFAULT_PARAMS, all_families, apply_attack, 
                                     apply_attack_described, attack_ids)
 from data_retrieval.runner import (clean_partial_files, cli_main, encode, finish_report, load_for_task,  # noqa: E402
                                    new_result, run_parallel, write_atomic)
-from helpers.cli import add_common_arguments, str2bool  # noqa: E402
+from helpers.cli import add_common_arguments, add_max_pixels_argument, str2bool  # noqa: E402
 from helpers.ground_truth import GROUND_TRUTH_FILE, write_ground_truth  # noqa: E402
-from helpers.image_io import SkipReport, list_images  # noqa: E402
+from helpers.image_io import DEFAULT_MAX_PIXELS, SkipReport, list_images  # noqa: E402
 from helpers.seeding import stable_seed  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -69,10 +69,10 @@ def check_attack_ids(ids):
 
 def _process_image(task):
     """Worker: all missing variants of one image. Returns counts, chain descriptions and failures."""
-    path, stem, ids, output_dir, fmt, seed, png_level = task
+    path, stem, ids, output_dir, fmt, seed, png_level, max_pixels = task
     missing = [aid for aid in ids if not (Path(output_dir) / output_name(stem, aid, fmt)).exists()]
     result = new_result(written=0, existing=len(ids) - len(missing), chains={})
-    image = load_for_task(path, result) if missing else None
+    image = load_for_task(path, result, max_pixels) if missing else None
     if image is None:
         return result
     for attack_id in missing:
@@ -135,7 +135,7 @@ def _merge_chains(output_dir, new_entries):
 
 
 def generate_attacks(input_dir, output_dir, workers=1, seed=0, families=None, extra=False, fmt="png",
-                     progress=True, params=None, png_level=1):
+                     progress=True, params=None, png_level=1, max_pixels=DEFAULT_MAX_PIXELS):
     """Write every attack variant of every image of ``input_dir`` into ``output_dir``.
 
     Parameters
@@ -160,6 +160,8 @@ def generate_attacks(input_dir, output_dir, workers=1, seed=0, families=None, ex
     png_level : int
         zlib level of the PNG files (0-9; 1 is the fastest compression, 9 the smallest files). PNGs are
         written by :func:`data_retrieval.runner.png_bytes`, about twice as fast as PIL's encoder.
+    max_pixels : int or None
+        Inputs of more pixels are skipped and listed (decompression-bomb guard); ``None``: no limit.
 
     Returns
     -------
@@ -173,7 +175,8 @@ def generate_attacks(input_dir, output_dir, workers=1, seed=0, families=None, ex
     FileNotFoundError
         ``input_dir`` does not exist.
     ValueError
-        Bad parameters.
+        Bad parameters, no image in ``input_dir``, or none readable (the reasons are then in
+        ``output_dir/skipped.txt``).
     """
 
     if fmt not in FORMATS:
@@ -193,9 +196,16 @@ def generate_attacks(input_dir, output_dir, workers=1, seed=0, families=None, ex
     check_attack_ids(ids)
     report = SkipReport()
     plan = _plan(input_dir, output_dir, report)
+    if not plan:
+        listed = ""
+        if report:
+            finish_report(report, output_dir, logger)
+            listed = f"; {len(report)} file(s) skipped, listed in {output_dir / 'skipped.txt'}"
+        raise ValueError(f"no image to attack in {input_dir}{listed}")
     output_dir.mkdir(parents=True, exist_ok=True)
     clean_partial_files(output_dir)
-    tasks = [(str(path), stem, ids, str(output_dir), fmt, int(seed), int(png_level)) for path, stem, _ in plan]
+    tasks = [(str(path), stem, ids, str(output_dir), fmt, int(seed), int(png_level), max_pixels)
+             for path, stem, _ in plan]
     summary = {"images_total": len(plan), "images_read": 0, "variants_written": 0, "variants_existing": 0,
                "variants_per_image": len(ids), "attack_ids": ids}
     chains = {}
@@ -212,6 +222,9 @@ def generate_attacks(input_dir, output_dir, workers=1, seed=0, families=None, ex
         _merge_chains(output_dir, chains)
     summary["ground_truth"] = str(_write_ground_truth(output_dir, plan, ids, fmt))
     summary["skipped"] = finish_report(report, output_dir, logger)
+    if summary["images_read"] == 0 and summary["variants_existing"] == 0:
+        raise ValueError(f"none of the {len(plan)} image(s) of {input_dir} could be read; the reasons are in "
+                         f"{output_dir / 'skipped.txt'}")
     return summary
 
 
@@ -248,6 +261,7 @@ def build_parser():
         else:
             group.add_argument(flag, type=_number, nargs="*", default=list(value), metavar="V",
                                help=f"values of {key} (default: {' '.join(map(str, value))})")
+    add_max_pixels_argument(parser)
     add_common_arguments(parser, device=False, seed=True, force=False)
     return parser
 
@@ -282,7 +296,7 @@ def _run(parser, args):
     summary = generate_attacks(args.input_dir, args.output_dir, workers=args.workers, seed=args.seed,
                                families=args.families, extra=args.extra, fmt=args.fmt,
                                progress=not args.no_progress, params=params,
-                               png_level=args.png_level)
+                               png_level=args.png_level, max_pixels=args.max_pixels)
     rate = summary["images_total"] / summary["seconds"] if summary["seconds"] > 0 else float("nan")
     print(f"images listed: {summary['images_total']}, read: {summary['images_read']}, "
           f"variants written: {summary['variants_written']}, already present: {summary['variants_existing']}, "

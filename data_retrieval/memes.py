@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ImageDraw
 
-from helpers.image_io import SkipReport, list_images
+from helpers.image_io import DEFAULT_MAX_PIXELS, SkipReport, list_images
 from helpers.seeding import stable_seed
 
 from . import edits
@@ -116,12 +116,12 @@ def template_name(stem):
 
 
 def _build_one(task):
-    path, name, per_template, out_dir, seed = task
+    path, name, per_template, out_dir, seed, max_pixels = task
     memes_dir, templates_dir = Path(out_dir) / "Memes", Path(out_dir) / "Templates"
     template_path = templates_dir / f"{name}.jpg"
     wanted = [n for n in range(per_template) if not (memes_dir / f"{name}_{n}.jpg").exists()]
     result = new_result(written=0, existing=per_template - len(wanted), template_written=False)
-    template = load_for_task(path, result) if wanted or not template_path.exists() else None
+    template = load_for_task(path, result, max_pixels) if wanted or not template_path.exists() else None
     if template is None:
         return result
     if not template_path.exists():
@@ -135,7 +135,8 @@ def _build_one(task):
     return result
 
 
-def build_memes(templates_dir, out_dir, per_template=20, seed=0, workers=1, progress=True):
+def build_memes(templates_dir, out_dir, per_template=20, seed=0, workers=1, progress=True,
+                max_pixels=DEFAULT_MAX_PIXELS):
     """Generate ``per_template`` memes for every template image of ``templates_dir``.
 
     Parameters
@@ -152,6 +153,8 @@ def build_memes(templates_dir, out_dir, per_template=20, seed=0, workers=1, prog
         Processes (1 = in this process).
     progress : bool
         Show a progress bar.
+    max_pixels : int or None
+        Templates of more pixels are skipped and listed (decompression-bomb guard); ``None``: no limit.
 
     Returns
     -------
@@ -178,7 +181,13 @@ def build_memes(templates_dir, out_dir, per_template=20, seed=0, workers=1, prog
             report.add(path, f"same template name '{name}' as {seen[name]}")
             continue
         seen[name] = path
-        tasks.append((str(path), name, int(per_template), str(out_dir), int(seed)))
+        tasks.append((str(path), name, int(per_template), str(out_dir), int(seed), max_pixels))
+    if not tasks:
+        listed = ""
+        if report:
+            finish_report(report, out_dir, logger)
+            listed = f"; {len(report)} file(s) skipped, listed in {out_dir / 'skipped.txt'}"
+        raise ValueError(f"no template image in {templates_dir}{listed}")
     (out_dir / "Memes").mkdir(parents=True, exist_ok=True)
     (out_dir / "Templates").mkdir(parents=True, exist_ok=True)
     summary = {"templates_total": len(tasks), "templates_read": 0, "templates_written": 0, "memes_written": 0,
@@ -195,6 +204,9 @@ def build_memes(templates_dir, out_dir, per_template=20, seed=0, workers=1, prog
     summary["ground_truth"] = [str(path) for path in write_meme_truth(out_dir, [task[1] for task in tasks],
                                                                       int(per_template))]
     summary["skipped"] = finish_report(report, out_dir, logger)
+    if summary["templates_read"] == 0 and summary["memes_existing"] == 0:
+        raise ValueError(f"none of the {len(tasks)} template(s) of {templates_dir} could be read; the reasons are "
+                         f"in {out_dir / 'skipped.txt'}")
     return summary
 
 

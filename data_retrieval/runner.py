@@ -3,10 +3,13 @@ import io
 import multiprocessing
 import os
 import struct
+import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from helpers.image_io import DEFAULT_MAX_PIXELS
 
 PART_SUFFIX = ".part"
 
@@ -16,12 +19,15 @@ def new_result(**counters):
     return {"failures": [], "loaded": False, **counters}
 
 
-def load_for_task(path, result):
-    """Load an image for a worker task; on failure record it in ``result['failures']`` and return ``None``."""
+def load_for_task(path, result, max_pixels=DEFAULT_MAX_PIXELS):
+    """Load an image for a worker task; on failure record it in ``result['failures']`` and return ``None``.
+
+    ``max_pixels``: the decompression-bomb limit (``--max-pixels``; ``None`` = no limit).
+    """
     from helpers.image_io import ImageLoadError, load_image
 
     try:
-        image = load_image(path)
+        image = load_image(path, max_pixels=max_pixels)
     except ImageLoadError as exc:
         result["failures"].append((str(path), str(exc)))
         return None
@@ -42,6 +48,38 @@ def cli_main(parser, argv, run, errors=(FileNotFoundError, ValueError)):
         parser.exit(2, f"error: {exc}\n")
 
 
+def _die_with_parent(parent_pid):
+    """Pool initializer: end this worker when the main process dies, even by ``kill -9`` (no cleanup runs then).
+
+    On Linux the kernel sends SIGKILL to the worker when its parent dies (``prctl(PR_SET_PDEATHSIG)``); elsewhere
+    a daemon thread polls the parent's pid. Either way a worker never keeps writing for a dead run (its outputs
+    are atomic, so a re-run still finds complete files only).
+    """
+    import signal
+    import threading
+    import time
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before the signal was armed
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def run_parallel(function, tasks, workers=1, desc="", unit="item", progress=True):
     """Yield ``function(task)`` for every task, in task order with one worker, in completion order otherwise.
 
@@ -56,7 +94,8 @@ def run_parallel(function, tasks, workers=1, desc="", unit="item", progress=True
             results = map(function, tasks)
         else:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            pool = multiprocessing.get_context(method).Pool(min(int(workers), len(tasks)))
+            pool = multiprocessing.get_context(method).Pool(min(int(workers), len(tasks)),
+                                                            initializer=_die_with_parent, initargs=(os.getpid(),))
             results = pool.imap_unordered(function, tasks)
         for result in results:
             bar.update(1)

@@ -547,6 +547,8 @@ def _extract_dataset_locked(job, dataset, paths, display, listing_skips, folders
                             chunk_size=chunk_size, batch_size=batch_size, workers=workers, device=device, desc=desc,
                             progress=progress and dist.is_main, max_pixels=max_pixels,
                             fail_after_chunks=fail_after_chunks)
+        if not dist.distributed and not any(t.writer.completed_names() for _, t in targets):
+            _refuse_empty_store(dataset, [t for _, t in targets], listing_skips)
         for k, target in targets:
             target.meta["extraction_seconds"] = round(seconds, 3)
             target.skipped = listing_skips + target.skipped if dist.is_main else target.skipped
@@ -561,6 +563,16 @@ def _extract_dataset_locked(job, dataset, paths, display, listing_skips, folders
             _warn_skips(load_skips(folders[k]), folders[k])
     dist.barrier()
     return folders
+
+
+def _refuse_empty_store(dataset, targets, listing_skips):
+    """No image of ``dataset`` could be read: no 0-row store (searching it would give recall ``nan``), one error."""
+    skipped = list(listing_skips) + list(targets[0].skipped)
+    for target in targets:
+        target.writer.discard()
+    first = f"; e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+    raise ValueError(f"no readable image in dataset {dataset.name!r} ({len(skipped)} file(s) skipped{first}); "
+                     f"no feature store written")
 
 
 def load_skips(folder):
@@ -743,6 +755,9 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
     neural = [s for s in specs if not getattr(s, "binary", False)]
     if layers and hashes:
         raise ValueError("--layers applies to neural models, not to hashes")
+    if name and hashes:  # a hash store's name is what identifies the hash (its bits, the crop-resistant segments)
+        raise ValueError(f"--name renames neural models and checkpoints only; the {hashes[0].name} store keeps its "
+                         f"name (drop --name)")
     resolved = [resolve_dataset(d) for d in datasets]
     fit = resolve_dataset(pca_fit_dataset) if pca else None
     to_extract = list(resolved) + ([fit] if fit is not None and fit.store_key not in {d.store_key for d in resolved}

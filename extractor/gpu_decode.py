@@ -328,7 +328,9 @@ class GpuJpegItem:
         except OSError:
             data = b""
         header = jpeg_header(data)
-        if header is not None:
+        # A JPEG without its end marker is truncated: the CPU path refuses it (the toolkit's partial-decode policy)
+        # where nvjpeg might return the readable part.
+        if header is not None and data.endswith(b"\xff\xd9"):
             height, width, _, orientation = header
             fits = max_pixels is None or height * width <= max_pixels
             if orientation == 1 and fits and crop_box(self.transform.preprocessing, height, width) is not None:

@@ -170,8 +170,8 @@ def _torchvision_pretrained_state(spec, tag):
         try:
             state = torch.load(cached, map_location="cpu", weights_only=True)
         except Exception as exc:  # truncated or corrupt download
-            raise WeightsUnavailableError(f"cannot read {cached} ({exc}); delete it and run again to download it "
-                                          f"afresh") from None
+            raise WeightsUnavailableError(f"{checkpoint_load_error(cached, exc)}; delete it and run again to "
+                                          f"download it afresh") from None
     else:
         try:
             state = torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=True,
@@ -281,7 +281,7 @@ def build_network(spec, weights="random", seed=0):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a corrupt or foreign file: say which one
-            raise ValueError(f"cannot read weights file {path}: {exc}") from None
+            raise ValueError(checkpoint_load_error(path, exc).replace("checkpoint", "weights file", 1)) from None
     model = _load_into(_skeleton(spec), _unwrap_state(state, path), path)
     return model.eval(), {"weights": description, "weights_file": str(path), "weights_sha256": file_sha256(path)}
 
@@ -516,6 +516,16 @@ def save_checkpoint(path, net, **extra):
     return path
 
 
+def checkpoint_load_error(path, exc):
+    """One line saying why ``torch.load(path, weights_only=True)`` failed (torch's own message spans a page)."""
+    text = str(exc)
+    if "Weights only load failed" in text or "Unsupported global" in text or "Unsupported operand" in text:
+        return (f"cannot read checkpoint {path}: it holds Python objects other than tensors and numbers, which are "
+                f"refused (loading them could run code); use a checkpoint written by this toolkit")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"cannot read checkpoint {path}: truncated or not a PyTorch checkpoint ({first[:200]})"
+
+
 def load_checkpoint(path, device="cpu"):
     """Load a checkpoint written by :func:`save_checkpoint` (``torch.load(weights_only=True)``).
 
@@ -540,7 +550,7 @@ def load_checkpoint(path, device="cpu"):
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or holding pickled objects
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
+        raise ValueError(checkpoint_load_error(path, exc)) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format: {found!r}); a plain state dict "

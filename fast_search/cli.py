@@ -9,7 +9,7 @@ import os
 # Set here, before FAISS is loaded, for the scripts only; an OMP_WAIT_POLICY set by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from helpers.cli import add_common_arguments, parse_args, resolved_config  # noqa: E402
+from helpers.cli import add_common_arguments, add_max_pixels_argument, parse_args, resolved_config  # noqa: E402
 from helpers.experiment import ExperimentExistsError  # noqa: E402
 from helpers.feature_store import FeatureStoreError  # noqa: E402
 from helpers.log import setup_logging  # noqa: E402
@@ -145,6 +145,7 @@ def explore_neighbors_parser():
                                                                     "%(default)s)")
     parser.add_argument("--neighbors-root", default=str(NEIGHBORS_DIR),
                         help="folder of the galleries (default: Neighbors/ in the repository)")
+    add_max_pixels_argument(parser)
     add_common_arguments(parser, seed=False)
     return parser
 

@@ -19,7 +19,10 @@ to the full ``points``. The file is rewritten after every run, so an interrupted
 stopped (same name, same configuration).
 """
 import datetime as _dt
+import re
 from pathlib import Path
+
+import numpy as np
 
 from helpers.device import resolve_device
 from helpers.experiment import ExperimentExistsError, is_finished, start_experiment
@@ -128,6 +131,7 @@ def run_experiment(name, algo, main_dataset, query_dataset, distractor_dataset=N
         exp.neighbors_dir = folder / "neighbors" if save_neighbors else None
         specs = plan_runs(exp, experiment, metrics=metrics, ks=ks, nprobes=nprobes, efsearch=efsearch,
                           indexes=index)
+        check_searchable(exp, specs, train_size)
         loaded.append((exp, specs))
 
     previous = None if force else _resumable(folder, config)
@@ -162,6 +166,34 @@ def run_experiment(name, algo, main_dataset, query_dataset, distractor_dataset=N
     return results
 
 
+def check_searchable(exp, specs, train_size=None):
+    """Refuse, before anything is written, an experiment whose results could only be ``nan`` or a FAISS crash.
+
+    Raises
+    ------
+    ValueError
+        No query or database row; no query with its original in the database (recall undefined); an IVF index
+        with more inverted lists than training rows (the message gives the most this database allows).
+    """
+    where = f"{exp.algorithm!r} features of {exp.query_dataset} vs {exp.main_dataset}"
+    if exp.nq == 0:
+        raise ValueError(f"the query set {exp.query_dataset} has 0 rows ({where}); re-extract it from a folder "
+                         f"with readable images")
+    if exp.n == 0:
+        raise ValueError(f"the database {exp.main_dataset} has 0 rows ({where}); re-extract it")
+    if not np.asarray(exp.has_original).any():
+        raise ValueError(f"none of the {exp.nq} queries of {exp.query_dataset} has its original in "
+                         f"{exp.main_dataset} ({where}): recall would be undefined; check --main-dataset and "
+                         f"--query-dataset")
+    rows = min(exp.n, int(train_size)) if train_size else exp.n
+    for spec in specs:
+        match = re.match(r"B?IVF(\d+)", spec.factory)
+        if match and int(match.group(1)) > rows:
+            raise ValueError(f"index {spec.factory}: {match.group(1)} inverted lists need at least as many training "
+                             f"rows, and {exp.algorithm!r} has {rows} database rows to train on; use at most "
+                             f"IVF{rows}")
+
+
 def same_config(folder, config):
     """True when ``folder/config.yml`` (an earlier, interrupted run) records the same configuration, apart from
     keys that do not change the result (``force``, ``log_level``, roots)."""
@@ -173,7 +205,7 @@ def same_config(folder, config):
         return False
     try:
         previous = load_config_file(path)
-    except SystemExit:
+    except ValueError:  # helpers.cli.ConfigFileError: a damaged record is not the same configuration
         return False
     return _comparable(previous) == _comparable(config)
 

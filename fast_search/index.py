@@ -263,7 +263,13 @@ class FaissIndex(_BaseIndex):
         if self.train_size and x.shape[0] > self.train_size:
             rows = np.sort(np.random.default_rng(0).choice(x.shape[0], self.train_size, replace=False))
             x = x[rows]
-        self.index.train(x)
+        try:
+            self.index.train(x)
+        except RuntimeError as exc:  # FAISS's C++ message: keep its first line, say which index and data
+            text = " ".join(str(exc).split())
+            detail = text.rsplit("failed: ", 1)[-1] if "failed: " in text else (text or type(exc).__name__)
+            raise ValueError(f"FAISS cannot train {self.factory} on {x.shape[0]} rows ({detail}); use a smaller "
+                             f"index (fewer IVF lists, fewer PQ bits) or more data") from None
 
     def add(self, x):
         if not self.index.is_trained:

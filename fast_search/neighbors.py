@@ -19,6 +19,7 @@ import numpy as np
 
 from helpers.experiment import ExperimentExistsError, is_finished, start_experiment
 from helpers.log import get_logger
+from helpers.image_io import DEFAULT_MAX_PIXELS
 from helpers.montage import make_montage
 from helpers.paths import FEATURES_DIR, NEIGHBORS_DIR
 
@@ -81,7 +82,7 @@ def query_entries(experiment, correct_within=1, k=None):
     return entries
 
 
-def _montage(entry, experiment, tile):
+def _montage(entry, experiment, tile, max_pixels=DEFAULT_MAX_PIXELS):
     items = [{"path": resolve_image_path(entry["name"]), "caption": f"query\n{_short(entry['name'])}",
               "border": "blue"}]
     for r, (row, dist) in enumerate(zip(entry["neighbors"], entry["distances"]), start=1):
@@ -94,7 +95,7 @@ def _montage(entry, experiment, tile):
         where = f"rank {entry['rank']}" if entry["rank"] else "not in top k"
         items.append({"path": resolve_image_path(name), "caption": f"target ({where})\n{_short(name)}",
                       "border": "gray"})
-    return make_montage(items, tile=tile)
+    return make_montage(items, tile=tile, max_pixels=max_pixels)
 
 
 def _write_index(folder, entries, title, experiment, k, correct_within):
@@ -139,7 +140,7 @@ neighbours (green: same identity, red: other) with their distances, and the targ
 
 def explore_neighbors(name, algo, main_dataset, query_dataset, distractor_dataset=None, metric="cosine", k=10,
                       limit=None, correct_within=1, factory="Flat", device="auto", backend="auto", batch_size=None,
-                      tile=160,
+                      tile=160, max_pixels=DEFAULT_MAX_PIXELS,
                       neighbors_root=NEIGHBORS_DIR, features_root=FEATURES_DIR, ground_truth=None, force=False,
                       config=None, argv=None, **ignored):
     """Write the neighbour gallery ``neighbors_root/name/`` and return ``{category: count}``.
@@ -156,6 +157,8 @@ def explore_neighbors(name, algo, main_dataset, query_dataset, distractor_datase
         nearest is right).
     factory : str
         Index to search with (default exact ``Flat``).
+    max_pixels : int or None
+        Images of more pixels are drawn as "unreadable" tiles (``--max-pixels``; ``None``: no limit).
 
     Raises
     ------
@@ -203,7 +206,7 @@ def explore_neighbors(name, algo, main_dataset, query_dataset, distractor_datase
                 rows = entry["neighbors"] + entry["targets"][:1]
                 missing.update(str(p) for p in [resolve_image_path(entry["name"])] +
                                [resolve_image_path(experiment.db_names[r]) for r in rows] if not p.is_file())
-                _save_atomic(_montage(entry, experiment, tile), target)
+                _save_atomic(_montage(entry, experiment, tile, max_pixels), target)
         if missing:
             shown = sorted(missing)
             logger.warning("%d image(s) named in the feature store are missing and drawn as gray tiles: %s%s",

@@ -6,7 +6,8 @@
 """
 from dataclasses import asdict, dataclass, field, fields
 
-from helpers.cli import str2bool
+from helpers.cli import add_max_pixels_argument, str2bool
+from helpers.image_io import DEFAULT_MAX_PIXELS
 
 from .models import MODES
 
@@ -68,6 +69,7 @@ class FinetuneConfig:
     keep_checkpoints: str = "all"
     max_minutes: float = None
     log_level: str = "INFO"
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -238,4 +240,5 @@ def add_finetune_arguments(parser):
                            "and a larger limit) (default: none)")
     more.add_argument("--log_every", type=int, default=10,
                       help="TensorBoard logging interval in steps (default: %(default)s)")
+    add_max_pixels_argument(more)
     return parser

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from helpers.image_io import ImageLoadError, SkipReport, load_image
+from helpers.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, SkipReport, load_image
 from helpers.log import get_logger
 from helpers.seeding import stable_seed
 
@@ -29,8 +29,8 @@ class _LazyImages:
     """Images decoded on access (datasets too large for memory); an unreadable file is replaced by the next
     readable one, with a warning naming it."""
 
-    def __init__(self, paths, short_side):
-        self.paths, self.short_side = list(paths), short_side
+    def __init__(self, paths, short_side, max_pixels=DEFAULT_MAX_PIXELS):
+        self.paths, self.short_side, self.max_pixels = list(paths), short_side, max_pixels
 
     def __len__(self):
         return len(self.paths)
@@ -39,7 +39,7 @@ class _LazyImages:
         for offset in range(len(self.paths)):
             path = self.paths[(index + offset) % len(self.paths)]
             try:
-                return _downsize(load_image(path), self.short_side)
+                return _downsize(load_image(path, self.max_pixels), self.short_side)
             except ImageLoadError as exc:
                 logger.warning("skipping unreadable training image (%s); using the next one", exc)
         raise RuntimeError("no readable training image")
@@ -62,20 +62,23 @@ class ImageBank:
         The class label of each of ``paths`` (triplet training: images of one label are positives; from the
         datasets' ``labels.csv``, :func:`helpers.ground_truth.dataset_labels`); by default each image is its own
         identity.
+    max_pixels : int or None
+        Images of more pixels are skipped and reported (``--max-pixels``; ``None``: no limit).
     """
 
-    def __init__(self, paths, short_side=None, report=None, lazy=False, identities=None):
+    def __init__(self, paths, short_side=None, report=None, lazy=False, identities=None,
+                 max_pixels=DEFAULT_MAX_PIXELS):
         self.report = report if report is not None else SkipReport()
         label_of = dict(zip(map(str, paths), identities)) if identities is not None else None
         if lazy:
             self.paths = [str(path) for path in paths]
-            self.images = _LazyImages(self.paths, short_side)
+            self.images = _LazyImages(self.paths, short_side, max_pixels)
             self.identities = [label_of[p] for p in self.paths] if label_of else list(self.paths)
             return
         self.images, self.paths = [], []
         for path in paths:
             try:
-                image = load_image(path)
+                image = load_image(path, max_pixels)
             except ImageLoadError as exc:
                 self.report.add(path, str(exc))
                 continue

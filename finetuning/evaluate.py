@@ -19,7 +19,7 @@ import torch
 
 from helpers.datasets import resolve_dataset
 from helpers.feature_store import FeatureStoreError, load_features, save_features
-from helpers.image_io import ImageLoadError, SkipReport, load_image
+from helpers.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, SkipReport, load_image
 from helpers.log import get_logger
 from helpers.paths import slugify
 from helpers.plotting import new_figure, save_figure
@@ -63,7 +63,7 @@ def expand_checkpoints(paths):
     return sorted(found)
 
 
-def load_pixels(datasets, size, report=None, sources=None):
+def load_pixels(datasets, size, report=None, sources=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Names and ``uint8 [N, size, size, 3]`` pixels of every readable image of ``datasets`` (decoded once);
     ``sources``, a list when given, receives the index of each image's dataset."""
     report = report if report is not None else SkipReport()
@@ -71,7 +71,7 @@ def load_pixels(datasets, size, report=None, sources=None):
     for position, dataset in enumerate(datasets):
         for path in resolve_dataset(dataset).image_paths(report=report):
             try:
-                image = load_image(path)
+                image = load_image(path, max_pixels)
             except ImageLoadError as exc:
                 report.add(path, str(exc))
                 continue
@@ -254,7 +254,7 @@ def plot_per_epoch(results, out, keys, name, ylabel):
 
 
 def evaluate_finetuning(checkpoints, datasets, out, baseline=None, baseline_weights="random", seed=0, size=None,
-                        metric="cosine", min_cluster_size=2, device="cpu"):
+                        metric="cosine", min_cluster_size=2, device="cpu", max_pixels=DEFAULT_MAX_PIXELS):
     """Evaluate every checkpoint and the starting model; write the JSON and the plots into ``out``.
 
     Returns
@@ -276,13 +276,17 @@ def evaluate_finetuning(checkpoints, datasets, out, baseline=None, baseline_weig
     else:
         start, info = starting_model(first)
         start_label = f"start ({info['start']})"
+    report = SkipReport()
     sources = []
-    names, pixels = load_pixels(datasets, size, sources=sources)
+    try:
+        names, pixels = load_pixels(datasets, size, report=report, sources=sources, max_pixels=max_pixels)
+    finally:
+        report.write(out)  # the files left out, with their reasons
     groups, is_query = evaluation_groups(datasets, names, sources)
     labels = cluster_labels(groups, min_cluster_size)
     if (labels >= 0).sum() == 0:
-        raise ValueError(f"no identity has {min_cluster_size} or more images; clusters need originals with their "
-                         f"copies (<id>.<ext> and <id>_<attack>.<ext>)")
+        raise ValueError(f"no group has {min_cluster_size} or more images; clusters need originals with their "
+                         f"copies (a ground_truth.csv) or classes (a labels.csv)")
     logger.info("evaluating %d checkpoints + the starting model on %d images (%d clusters), size %d",
                 len(checkpoints), len(names), len(set(labels[labels >= 0])), size)
     models = [("start", None, start_label, start)]

@@ -172,7 +172,9 @@ def read_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
+        from extractor.models import checkpoint_load_error
+
+        raise ValueError(checkpoint_load_error(path, exc)) from None
 
 
 def load_descriptor_net(path, device="cpu"):

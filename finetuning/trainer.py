@@ -35,7 +35,7 @@ from .augment import CopyDetectionAugment, eval_transform, simclr_transform
 from .data import ImageBank, TripletDataset, TwoViewDataset
 from .lars import LARS, lars_param_groups
 from .losses import full_precision, koleo_loss, nt_xent_loss, triplet_loss
-from .models import TrainingModel, build_networks, save_training_checkpoint, start_kind
+from .models import TrainingModel, build_networks, read_checkpoint, save_training_checkpoint, start_kind
 from .schedules import WarmupCosine, sqrt_batch_lr
 from .syncbn import convert_sync_batchnorm
 from .validation import build_validation_set, evaluate_retrieval
@@ -237,7 +237,8 @@ def load_training_bank(config, report):
 
         identities = [label for ds, part in zip(resolved, listed) for label in dataset_labels(ds, part)]
     lazy = config.in_memory == "false" or (config.in_memory == "auto" and len(paths) > LAZY_THRESHOLD)
-    bank = ImageBank(paths, short_side=config.bank_side, report=report, lazy=lazy, identities=identities)
+    bank = ImageBank(paths, short_side=config.bank_side, report=report, lazy=lazy, identities=identities,
+                     max_pixels=config.max_pixels)
     if len(bank) == 0:
         raise ValueError(f"no readable training images in {config.train_dataset}")
     return bank
@@ -358,8 +359,6 @@ class Trainer:
         self.model = prepare_model(self.training_model, self.info, self.device)
         report = SkipReport()
         self.bank = load_training_bank(config, report)
-        if self.info.is_main:
-            report.write(self.log_dir)
         transform = make_transform(config)
         dataset_cls = TripletDataset if config.mode == "triplet" else TwoViewDataset
         self.dataset = dataset_cls(self.bank, transform, seed=config.seed)
@@ -383,28 +382,38 @@ class Trainer:
         if config.val_dataset and self.info.is_main:
             self.val_set = build_validation_set(config.val_dataset, train_paths=self.bank.paths,
                                                 copies=config.val_copies, seed=config.seed,
-                                                short_side=config.bank_side, families=config.edit_families)
+                                                short_side=config.bank_side, families=config.edit_families,
+                                                report=report, max_pixels=config.max_pixels)
             if config.val_distractors and not isinstance(self.bank.images, list):
                 logger.info("validation: no distractors (training images are decoded lazily)")
             elif config.val_distractors:
                 self.val_set.distractor_images = list(self.bank.images)
                 self.val_set.distractor_names = list(self.bank.paths)
+        if self.info.is_main:  # training and validation files skipped, with their reasons
+            report.write(self.log_dir)
         self.history, self.best, self.start_epoch, self.global_step = [], None, 1, 0
 
     def _restore(self):
         if self.resume_path is None:
             return
-        payload = torch.load(self.resume_path, map_location="cpu", weights_only=True)
-        self.net.load_state_dict(payload["state_dict"])
-        if self.training_model.head is not None and payload.get("head_state_dict") is not None:
-            self.training_model.head.load_state_dict(payload["head_state_dict"])
-        load_optimizer_state(self.optimizer, payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        if self.scaler is not None and payload.get("grad_scaler"):
-            self.scaler.load_state_dict(payload["grad_scaler"])
-        set_rng_state(payload["rng"])
-        self.start_epoch = int(payload["epoch"]) + 1
-        self.global_step = int(payload["global_step"])
+        path = self.resume_path
+        payload = read_checkpoint(path)  # weights_only: a malicious file is refused, never run
+        try:
+            self.net.load_state_dict(payload["state_dict"])
+            if self.training_model.head is not None and payload.get("head_state_dict") is not None:
+                self.training_model.head.load_state_dict(payload["head_state_dict"])
+            load_optimizer_state(self.optimizer, payload["optimizer"])
+            self.scheduler.load_state_dict(payload["scheduler"])
+            if self.scaler is not None and payload.get("grad_scaler"):
+                self.scaler.load_state_dict(payload["grad_scaler"])
+            set_rng_state(payload["rng"])
+            self.start_epoch = int(payload["epoch"]) + 1
+            self.global_step = int(payload["global_step"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            detail = " ".join(str(exc).split())[:300]
+            raise ValueError(f"cannot resume from {path}: it is not a complete checkpoint of this run "
+                             f"({type(exc).__name__}: {detail}); delete it to resume from the epoch before, or "
+                             f"start again without --resume") from None
         self.history = list(payload.get("history") or [])
         self.best = payload.get("best")
         saved = payload.get("training_config") or {}

@@ -17,7 +17,7 @@ import torch
 from helpers.datasets import resolve_dataset
 from helpers.ground_truth import (find_ground_truth, ground_truth_from_names, match_queries,
                                   read_ground_truth)
-from helpers.image_io import SkipReport
+from helpers.image_io import DEFAULT_MAX_PIXELS, SkipReport
 from helpers.log import get_logger
 from helpers.seeding import stable_seed
 
@@ -85,7 +85,7 @@ def file_digest(path):
 
 
 def build_validation_set(dataset, train_paths=(), copies=10, seed=0, short_side=None, families=None,
-                         report=None):
+                         report=None, max_pixels=DEFAULT_MAX_PIXELS):
     """Load a validation dataset as a :class:`RetrievalSet`.
 
     Parameters
@@ -107,7 +107,7 @@ def build_validation_set(dataset, train_paths=(), copies=10, seed=0, short_side=
     report = report if report is not None else SkipReport()
     source = resolve_dataset(dataset)
     paths = source.image_paths(report=report)
-    bank = ImageBank(paths, short_side=short_side, report=report)
+    bank = ImageBank(paths, short_side=short_side, report=report, max_pixels=max_pixels)
     train_digests = {file_digest(path) for path in train_paths}
     overlap = [path for path in bank.paths if file_digest(path) in train_digests] if train_digests else []
     if overlap:

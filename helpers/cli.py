@@ -43,39 +43,128 @@ def add_common_arguments(parser, device=True, seed=True, force=True):
     return parser
 
 
+def max_pixels_type(text):
+    """argparse type of ``--max-pixels``: a positive pixel count; 0 or ``none`` = no limit (``None``)."""
+    from .image_io import check_max_pixels
+
+    try:
+        return check_max_pixels(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_max_pixels_argument(parser):
+    """Add ``--max-pixels N`` (also spelled ``--max_pixels``): the decompression-bomb limit of every image read.
+
+    Every script that decodes images has it, so the loader's refusal message ("raise --max-pixels to accept
+    it") always names a flag that exists. The value arrives as ``args.max_pixels`` (``None`` = no limit).
+    """
+    from .image_io import DEFAULT_MAX_PIXELS
+
+    parser.add_argument("--max-pixels", "--max_pixels", dest="max_pixels", type=max_pixels_type,
+                        default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help="refuse (skip and list) images of more than N pixels, a decompression-bomb guard; "
+                             "0 = no limit (default: %(default)s)")
+    return parser
+
+
+class ConfigFileError(ValueError):
+    """A ``--config`` file that cannot be used (missing, unreadable, not YAML, unsafe tag, not a mapping)."""
+
+
+def config_error(message):
+    """End the program as argparse does for a bad flag: one line ``error: ...`` on stderr, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def load_config_file(path):
     """Read a YAML config file into a flat ``{dest: value}`` dict.
 
     A file written by :mod:`helpers.experiment` (``config.yml``) is flat; an ``experiment.yml`` record holds
     the config under its ``config`` key, which is accepted too.
+
+    Raises
+    ------
+    ConfigFileError
+        The file is missing, a folder, unreadable, not UTF-8, not valid YAML (a tag ``yaml.safe_load`` refuses,
+        such as ``!!python/object``, included) or not a mapping. :func:`parse_args` turns it into one
+        ``error: ...`` line and exit code 2.
     """
     try:
         with open(path, "r", encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
     except FileNotFoundError:
-        raise SystemExit(f"error: config file not found: {path}")
+        raise ConfigFileError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigFileError(f"config file {path} is a folder; give the YAML file (e.g. its config.yml)") from None
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"config file {path} is not a UTF-8 text file") from None
     except yaml.YAMLError as exc:
-        raise SystemExit(f"error: config file {path} is not valid YAML: {exc}")
+        detail = " ".join(str(exc).split())
+        raise ConfigFileError(f"config file {path} is not valid (safe) YAML: {detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise SystemExit(f"error: config file {path} must hold a mapping of flag names to values")
+        raise ConfigFileError(f"config file {path} must hold a mapping of flag names to values, not a "
+                              f"{type(data).__name__}")
     if "config" in data and isinstance(data["config"], dict) and "command_line" in data:
         data = data["config"]
     return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 
+def _config_value(parser, action, value):
+    """A value of the config file checked and converted as the flag's own value would be.
+
+    Raises ``argparse.ArgumentError`` with argparse's own message (``argument --repeats: invalid int value:
+    '[1, 2]'``), so a wrong-typed value in the file reads like the same mistake on the command line.
+    """
+    if value is None:
+        return None
+    if action.nargs == 0:  # store_true / store_false: the file says true or false
+        try:
+            return str2bool(value) if not isinstance(value, (list, dict)) else str2bool(str(value))
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentError(action, str(exc)) from None
+    several = action.nargs in ("+", "*", argparse.REMAINDER) or isinstance(action.nargs, int)
+    if several:
+        items = value if isinstance(value, list) else [value]
+        if action.nargs == "+" and not items:
+            raise argparse.ArgumentError(action, "expected at least one argument")
+        if isinstance(action.nargs, int) and len(items) != action.nargs:
+            raise argparse.ArgumentError(action, f"expected {action.nargs} arguments, got {len(items)}")
+    else:
+        items = [value]
+    converted = []
+    for item in items:
+        if action.type is None:
+            if isinstance(item, (list, dict)):
+                raise argparse.ArgumentError(action, f"expected one value, got {item!r}")
+            converted.append(item)
+        elif isinstance(item, str):
+            converted.append(parser._get_value(action, item))
+        else:  # a YAML number or list: argparse would see its text
+            converted.append(parser._get_value(action, str(item)))
+    return converted if several else converted[0]
+
+
 def parse_args(parser, argv=None):
     """Parse ``argv`` with ``parser``, taking defaults from ``--config FILE`` when given.
 
-    Unknown keys in the file and values outside a flag's choices are errors (reported like argparse errors).
+    Unknown keys in the file, values outside a flag's choices and values the flag's type refuses are errors
+    reported like argparse errors (one ``error: ...`` line, exit code 2).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.config:
-        values = load_config_file(known.config)
+        try:
+            values = load_config_file(known.config)
+        except ConfigFileError as exc:
+            config_error(str(exc))
         values.pop("config", None)
         actions = {action.dest: action for action in parser._actions if action.dest != "help"}
         unknown = sorted(set(values) - set(actions))
@@ -89,6 +178,10 @@ def parse_args(parser, argv=None):
                 if bad:
                     parser.error(f"config file {known.config}: {dest}={bad[0]!r} is not one of "
                                  f"{list(action.choices)}")
+            try:
+                value = _config_value(parser, action, value)
+            except argparse.ArgumentError as exc:
+                parser.error(f"config file {known.config}: {exc}")
             # A value from the file satisfies a required flag or positional.
             action.required = False
             if not action.option_strings:

@@ -223,8 +223,68 @@ def save_features(folder, features, names, meta, overwrite=False):
 
 
 def _read_names(path):
-    with open(path, "r", encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle]
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return [line.rstrip("\n") for line in handle]
+    except UnicodeDecodeError:
+        raise FeatureStoreError(f"{path} is not a UTF-8 text file (one image name per line)") from None
+
+
+_REBUILD = "delete the folder or re-extract it (extract_features.py ... --force)"
+
+
+def _read_meta(path):
+    """``meta.json`` as a dict, or one :class:`FeatureStoreError` naming the file and what is wrong."""
+    try:
+        meta = read_json(path)
+    except UnicodeDecodeError:
+        raise FeatureStoreError(f"{path} is not a UTF-8 JSON file; {_REBUILD}") from None
+    except ValueError as exc:  # json.JSONDecodeError
+        raise FeatureStoreError(f"{path} is not valid JSON ({exc}); {_REBUILD}") from None
+    if not isinstance(meta, dict):
+        raise FeatureStoreError(f"{path} must hold a JSON object, not {type(meta).__name__}; {_REBUILD}")
+    lacking = [key for key in REQUIRED_META if key not in meta]
+    if lacking:
+        raise FeatureStoreError(f"{path} lacks {lacking}; {_REBUILD}")
+    if isinstance(meta["n"], bool) or not isinstance(meta["n"], int) or meta["n"] < 0:
+        raise FeatureStoreError(f"{path}: n must be a row count, got {meta['n']!r}; {_REBUILD}")
+    return meta
+
+
+def _read_array(path, mmap):
+    """The 2-D float32 / uint8 array of ``features.npy``, checked before NumPy maps it.
+
+    Raises :class:`FeatureStoreError` naming the file for: not a ``.npy`` file (text, empty...), a header that
+    declares Python objects (pickled data, never loaded), a wrong shape or dtype, a file shorter than its
+    header says (an interrupted copy).
+    """
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(6) != fmt.MAGIC_PREFIX:
+                raise FeatureStoreError(f"{path} is not a NumPy array file (.npy); {_REBUILD}")
+            handle.seek(0)
+            version = fmt.read_magic(handle)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read_header(handle)
+            data_start = handle.tell()
+    except FeatureStoreError:
+        raise
+    except (ValueError, EOFError, OSError) as exc:
+        raise FeatureStoreError(f"{path} has an unreadable .npy header ({exc}); {_REBUILD}") from None
+    if dtype.hasobject:
+        raise FeatureStoreError(f"{path} holds pickled Python objects, which are never loaded; {_REBUILD}")
+    if len(shape) != 2:
+        raise FeatureStoreError(f"{path} must hold a 2-D array [images, values], got shape {shape}; {_REBUILD}")
+    if dtype not in (np.float32, np.uint8):
+        raise FeatureStoreError(f"{path} must hold float32 (embeddings) or uint8 (packed hash bits), got {dtype}; "
+                                f"{_REBUILD}")
+    expected = data_start + int(np.prod(shape)) * dtype.itemsize
+    size = path.stat().st_size
+    if size < expected:
+        raise FeatureStoreError(f"{path} is truncated: {size} bytes where its header announces {shape[0]}x{shape[1]} "
+                                f"{dtype} ({expected} bytes), an interrupted write or copy; {_REBUILD}")
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
 def load_features(folder, mmap=True):
@@ -233,7 +293,8 @@ def load_features(folder, mmap=True):
     Raises
     ------
     FeatureStoreError
-        When the folder is missing or incomplete, or its files disagree.
+        When the folder is missing or incomplete, or its files are damaged (one message naming the file, what
+        is wrong and how to rebuild it) or disagree.
     """
     folder = Path(folder)
     missing = [name for name in (FEATURES_FILE, NAMES_FILE, META_FILE) if not (folder / name).is_file()]
@@ -241,11 +302,8 @@ def load_features(folder, mmap=True):
         partial = folder.with_name(folder.name + ".partial")
         extra = f" (an interrupted extraction is in {partial}; re-run it to resume)" if partial.exists() else ""
         raise FeatureStoreError(f"no complete feature store in {folder}: missing {', '.join(missing)}{extra}")
-    meta = read_json(folder / META_FILE)
-    lacking = [key for key in REQUIRED_META if key not in meta]
-    if lacking:
-        raise FeatureStoreError(f"{folder / META_FILE} lacks {lacking}")
-    features = np.load(folder / FEATURES_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
+    meta = _read_meta(folder / META_FILE)
+    features = _read_array(folder / FEATURES_FILE, mmap)
     names = _read_names(folder / NAMES_FILE)
     if features.shape[0] != meta["n"] or len(names) != meta["n"]:
         raise FeatureStoreError(f"{folder}: meta says {meta['n']} rows, features.npy has {features.shape[0]}, "

@@ -6,20 +6,29 @@ same file gives the same pixels everywhere:
 - EXIF orientation is applied;
 - every mode (``L``, ``P``, ``LA``, ``PA``, ``RGBA``, ``CMYK``, ``I;16``, ``I``, ``F``, ``1``...) becomes RGB,
   transparency composited on white;
-- a truncated file loads what can be read, with a warning;
-- files that cannot be decoded raise :class:`ImageLoadError` (callers skip them and record them in a
-  :class:`SkipReport`, which writes ``skipped.txt``), never a crash and never a silent drop;
-- images larger than a configurable number of pixels (decompression bombs) are refused;
-- hidden files and folders are ignored; folders are read recursively in a sorted, deterministic (natural) order.
+- **partial-decode policy: skip.** A file that does not decode completely (truncated, garbage in the compressed
+  data) raises :class:`ImageLoadError` like any other unusable file: its features would describe the grey
+  padding of the missing part, a wrong answer that nothing downstream could tell from a right one. Every caller
+  skips such files and records them, with the reason, in a :class:`SkipReport` (``skipped.txt`` of the run):
+  never a crash and never a silent drop;
+- images larger than a configurable number of pixels (decompression bombs) are refused (``--max-pixels``);
+- unreadable files (permissions), special files (FIFOs, devices) and symbolic links that lead nowhere are
+  refused with their reason, before anything blocks on them;
+- hidden files and folders are ignored; folders are read recursively in a sorted, deterministic (natural) order;
+  symbolic links to folders are followed once (a loop or a second link to the same folder is listed as skipped);
+  names that would corrupt the line-based lists (``names.txt``), i.e. holding a line break or bytes that are not
+  UTF-8, are skipped and listed.
 """
+import errno
 import logging
+import os
 import re
-import threading
+import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +39,6 @@ DEFAULT_MAX_PIXELS = 200_000_000
 
 # PIL's own bomb check would warn or raise with its own limit; ours is explicit and configurable instead.
 Image.MAX_IMAGE_PIXELS = None
-_TRUNCATED_LOCK = threading.Lock()
 
 
 class ImageLoadError(Exception):
@@ -71,6 +79,58 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
+def check_max_pixels(value):
+    """Validate a ``max_pixels`` setting: a positive int, or ``None`` / ``0`` for no limit (returned as ``None``).
+
+    Raises
+    ------
+    ValueError
+        For anything else (negative, not an integer).
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in {"none", "0"}):
+        return None
+    try:
+        number = int(value)
+        if isinstance(value, bool) or number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"max_pixels must be a positive integer (0 or none: no limit), got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"max_pixels must be a positive integer (0 or none: no limit), got {value!r}")
+    return number or None
+
+
+def file_problem(path):
+    """Why ``path`` cannot be read as a regular file, or ``None`` when it can be opened (without opening it).
+
+    Tells dangling symbolic links, symbolic link loops, folders and special files (FIFOs, sockets, devices, on
+    which ``open`` could block forever) apart from a missing file.
+    """
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"dangling symbolic link (its target {os.readlink(path)} does not exist)"
+        return "no such file"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if exc.errno == errno.EACCES:
+            return "not readable (permission denied)"
+        return f"cannot access the file ({exc.strerror or exc})"
+    if stat.S_ISDIR(info.st_mode):
+        return "a folder, not a file"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (FIFO, socket or device)"
+    return None
+
+
+def _is_decode_error(exc):
+    text = str(exc).lower()
+    return "truncated" in text or "broken data stream" in text or "premature end" in text
+
+
 def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
     """Load an image file as an RGB ``PIL.Image``.
 
@@ -89,11 +149,14 @@ def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
     Raises
     ------
     ImageLoadError
-        The file is missing, empty, not an image, corrupt, or larger than ``max_pixels``.
+        The file is missing, unreadable, empty, not an image, only partly decodable (truncated or corrupt
+        compressed data: the toolkit skips such files rather than keep a partial image), or larger than
+        ``max_pixels``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(f"{path}: no such file")
+    problem = file_problem(path)
+    if problem is not None:
+        raise ImageLoadError(f"{path}: {problem}")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file")
     try:
@@ -107,30 +170,20 @@ def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
                     warnings.simplefilter("ignore")
                     image.load()
             except OSError as exc:
-                if "truncated" not in str(exc).lower() and "broken data stream" not in str(exc).lower():
+                if not _is_decode_error(exc):
                     raise
-                image = _load_truncated(path)
-                logger.warning("%s: truncated file, loaded the readable part (%s)", path, exc)
+                raise ImageLoadError(f"{path}: truncated or corrupt image data, skipped rather than kept half "
+                                     f"decoded ({exc}); re-download or repair the file") from None
             image = _exif_transpose(image)
             return to_rgb(image).copy()
     except ImageLoadError:
         raise
+    except PermissionError:
+        raise ImageLoadError(f"{path}: not readable (permission denied)") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file (cannot identify the format)")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as exc:
-        raise ImageLoadError(f"{path}: cannot decode image ({exc})")
-
-
-def _load_truncated(path):
-    with _TRUNCATED_LOCK:
-        previous = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = True
-        try:
-            with Image.open(path) as image:
-                image.load()
-                return image.copy()
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = previous
+        raise ImageLoadError(f"{path}: not an image file (cannot identify the format)") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, MemoryError) as exc:
+        raise ImageLoadError(f"{path}: cannot decode image ({exc})") from None
 
 
 def _exif_transpose(image):
@@ -148,11 +201,25 @@ def is_hidden(path, root=None):
     return any(part.startswith(".") for part in parts)
 
 
+def name_problem(path):
+    """Why the name of ``path`` cannot go into the toolkit's line-based lists (``names.txt``), or ``None``."""
+    text = str(path)
+    if "\n" in text or "\r" in text:
+        return "file name contains a line break (names.txt holds one name per line): rename the file"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (names.txt is UTF-8): rename the file"
+    return None
+
+
 def list_images(folder, recursive=True, report=None):
     """List the image files in ``folder`` in natural sorted order.
 
-    Hidden files and folders are ignored. Files without an image extension are not returned; when a
-    :class:`SkipReport` is given they are recorded in it (so nothing disappears silently).
+    Hidden files and folders are ignored. Everything else that is not returned is recorded, with its reason,
+    in ``report`` when a :class:`SkipReport` is given (so nothing disappears silently): files without an image
+    extension, dangling symbolic links and link loops, special files, unreadable sub-folders, names with a line
+    break or invalid UTF-8. Symbolic links to folders are followed (each folder listed once).
 
     Raises
     ------
@@ -162,15 +229,49 @@ def list_images(folder, recursive=True, report=None):
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    report = report if report is not None else SkipReport()
     images = []
-    for path in candidates:
-        if not path.is_file() or is_hidden(path, folder):
+    seen = {os.path.realpath(folder): folder}
+    # Real folders first, links to folders after them: the folder itself wins over a link to it.
+    pending, links = [folder], []
+    while pending or links:
+        current = pending.pop() if pending else links.pop(0)
+        if current is not folder and current.is_symlink():
+            real = os.path.realpath(current)
+            if real in seen:
+                report.add(current, f"symbolic link to a folder already listed ({seen[real]}): not listed twice")
+                continue
+            seen[real] = current
+        try:
+            entries = sorted(os.scandir(current), key=lambda entry: entry.name)
+        except OSError as exc:
+            report.add(current, f"folder not readable ({exc.strerror or exc})")
             continue
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
+        for entry in entries:
+            path = Path(entry.path)
+            if entry.name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows symbolic links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if recursive:
+                    if entry.is_symlink():
+                        links.append(path)
+                    else:
+                        seen[os.path.realpath(path)] = path
+                        pending.append(path)
+                continue
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                problem = file_problem(path) if entry.is_symlink() else None
+                report.add(path, problem or "not an image file (extension)")
+                continue
+            problem = name_problem(path) or file_problem(path)
+            if problem is not None:
+                report.add(path, problem)
+                continue
             images.append(path)
-        elif report is not None:
-            report.add(path, "not an image file (extension)")
     return natural_sorted(images)
 
 
@@ -208,7 +309,12 @@ class SkipReport:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / name
-        with open(target, "w", encoding="utf-8") as handle:
+        with open(target, "w", encoding="utf-8", errors="backslashreplace") as handle:
             for path, reason in self.items:
-                handle.write(f"{path}\t{reason}\n")
+                handle.write(f"{_one_line(path)}\t{_one_line(reason)}\n")
         return target
+
+
+def _one_line(text):
+    """``text`` on one line without tabs (a file name may hold both): the list stays one entry per line."""
+    return text.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")

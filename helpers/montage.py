@@ -1,7 +1,7 @@
 """The one image-montage function, used by neighbour galleries and cluster summaries."""
 from PIL import Image, ImageDraw, ImageFont
 
-from .image_io import ImageLoadError, load_image
+from .image_io import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 _BORDER_COLORS = {"green": (0, 158, 115), "red": (213, 94, 0), "blue": (0, 114, 178), "gray": (150, 150, 150)}
 
@@ -15,7 +15,8 @@ def _font(size):
         return ImageFont.load_default()
 
 
-def make_montage(items, tile=224, columns=None, caption_height=34, border=4, background=(255, 255, 255)):
+def make_montage(items, tile=224, columns=None, caption_height=34, border=4, background=(255, 255, 255),
+                 max_pixels=DEFAULT_MAX_PIXELS):
     """Lay images out on a grid with a caption under each.
 
     Parameters
@@ -28,6 +29,8 @@ def make_montage(items, tile=224, columns=None, caption_height=34, border=4, bac
         Each image is fitted (aspect kept) into a ``tile x tile`` square.
     columns : int, optional
         Grid width; defaults to all items on one row.
+    max_pixels : int or None
+        Files of more pixels are drawn as "unreadable" tiles (``--max-pixels``; ``None``: no limit).
 
     Returns
     -------
@@ -45,7 +48,7 @@ def make_montage(items, tile=224, columns=None, caption_height=34, border=4, bac
         x0, y0 = (index % columns) * cell_w, (index // columns) * cell_h
         caption = item.get("caption", "")
         try:
-            image = item["image"] if "image" in item else load_image(item["path"])
+            image = item["image"] if "image" in item else load_image(item["path"], max_pixels)
         except ImageLoadError:
             image, caption = Image.new("RGB", (tile, tile), (200, 200, 200)), (caption + "\nunreadable").strip()
         image = image.copy()

@@ -84,9 +84,57 @@ def test_bad_config_values_are_errors(tmp_path, capsys, content, message):
     assert message in capsys.readouterr().err
 
 
-def test_missing_config_file(tmp_path):
-    with pytest.raises(SystemExit, match="config file not found"):
-        parse_args(_parser(), ["--config", str(tmp_path / "none.yml")])
+def _config_problems(tmp_path):
+    folder = tmp_path / "folder.yml"
+    folder.mkdir()
+    files = {"missing": (tmp_path / "none.yml", "config file not found"),
+             "folder": (folder, "is a folder"),
+             "list": (tmp_path / "list.yml", "must hold a mapping"),
+             "scalar": (tmp_path / "scalar.yml", "must hold a mapping"),
+             "unsafe tag": (tmp_path / "unsafe.yml", "not valid (safe) YAML"),
+             "broken yaml": (tmp_path / "broken.yml", "not valid (safe) YAML"),
+             "binary": (tmp_path / "binary.yml", "not a UTF-8 text file")}
+    files["list"][0].write_text("- name\n- x\n")
+    files["scalar"][0].write_text("just words\n")
+    files["unsafe tag"][0].write_text("name: !!python/object/apply:os.system ['touch pwned']\n")
+    files["broken yaml"][0].write_text("name: [unclosed\n")
+    files["binary"][0].write_bytes(b"\xff\xfe\x00name")
+    return files
+
+
+@pytest.mark.parametrize("problem", ["missing", "folder", "list", "scalar", "unsafe tag", "broken yaml", "binary"])
+def test_config_file_problems_are_one_line_exit_2(tmp_path, capsys, monkeypatch, problem):
+    monkeypatch.chdir(tmp_path)
+    path, message = _config_problems(tmp_path)[problem]
+    with pytest.raises(SystemExit) as info:
+        parse_args(_parser(), ["--config", str(path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("content,flag", [("ks: [1, [2]]\n", ["--ks", "1", "[2]"]), ("ks: [one]\n", ["--ks", "one"]),
+                                          ("save: [1, 2]\n", ["--save", "[1, 2]"]), ("name: [a, b]\n", None)])
+def test_wrong_typed_config_value_gives_the_flags_error(tmp_path, capsys, content, flag):
+    path = tmp_path / "c.yml"
+    path.write_text("algo: [a]\n" + content)
+    with pytest.raises(SystemExit) as info:
+        parse_args(_parser(), ["--config", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # argparse's usage, then the one error line
+    assert info.value.code == 2 and err.startswith(f"toy: error: config file {path}: argument ")
+    if flag is not None:  # the same message as the same mistake on the command line
+        with pytest.raises(SystemExit):
+            parse_args(_parser(), ["x", "--algo", "a"] + flag)
+        flag_err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert flag_err.split("error: ", 1)[1] in err
+
+
+def test_config_values_are_converted_like_flags(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text("name: x\nalgo: [a]\nks: ['1', 5]\nsave: 'yes'\n")
+    args = parse_args(_parser(), ["--config", str(path)])
+    assert args.ks == [1, 5] and args.save is True
 
 
 def test_str2bool():

@@ -140,3 +140,52 @@ def test_combine_main_and_distractors(tmp_path):
     other = load_features(_float_store(tmp_path / "o", n=2, d=6)[0])
     with pytest.raises(FeatureStoreError, match="different algorithms"):
         combine_features(main, other)
+
+
+def _damage(folder, kind):
+    features = folder / "features.npy"
+    if kind == "truncated features.npy":
+        data = features.read_bytes()
+        features.write_bytes(data[: len(data) - 12])
+    elif kind == "1-D features.npy":
+        np.save(features, np.zeros(7, np.float32))
+    elif kind == "text as features.npy":
+        features.write_text("these are not features\n")
+    elif kind == "empty features.npy":
+        features.write_bytes(b"")
+    elif kind == "pickled features.npy":
+        np.save(features, np.array([{"a": 1}] * 7, dtype=object), allow_pickle=True)
+    elif kind == "float64 features.npy":
+        np.save(features, np.zeros((7, 5), np.float64))
+    elif kind == "garbage meta.json":
+        (folder / "meta.json").write_text("{not json")
+    elif kind == "empty meta.json":
+        (folder / "meta.json").write_text("")
+    elif kind == "list meta.json":
+        (folder / "meta.json").write_text("[1, 2]")
+    elif kind == "binary names.txt":
+        (folder / "names.txt").write_bytes(b"\xff\xfe\n" * 7)
+
+
+@pytest.mark.parametrize("kind,file,what", [
+    ("truncated features.npy", "features.npy", "is truncated"),
+    ("1-D features.npy", "features.npy", "must hold a 2-D array"),
+    ("text as features.npy", "features.npy", "not a NumPy array file"),
+    ("empty features.npy", "features.npy", "not a NumPy array file"),
+    ("pickled features.npy", "features.npy", "pickled Python objects"),
+    ("float64 features.npy", "features.npy", "float32"),
+    ("garbage meta.json", "meta.json", "not valid JSON"),
+    ("empty meta.json", "meta.json", "not valid JSON"),
+    ("list meta.json", "meta.json", "must hold a JSON object"),
+    ("binary names.txt", "names.txt", "not a UTF-8 text file"),
+])
+@pytest.mark.parametrize("mmap", [True, False])
+def test_damaged_store_is_one_error_naming_the_file(tmp_path, kind, file, what, mmap):
+    folder, _, _ = _float_store(tmp_path)
+    _damage(folder, kind)
+    with pytest.raises(FeatureStoreError) as info:
+        load_features(folder, mmap=mmap)
+    message = str(info.value)
+    assert str(folder / file) in message and what in message and "\n" not in message
+    if file != "names.txt":
+        assert "--force" in message  # how to rebuild it

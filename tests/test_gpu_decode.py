@@ -141,3 +141,19 @@ def test_decode_gpu_on_a_cpu_device_is_a_clear_error(tmp_path, capsys):
                      "--weights", "random", "--out", str(tmp_path / "F"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --decode gpu needs a CUDA device")
+
+
+def test_gpu_path_refuses_a_truncated_jpeg_like_the_cpu_path(tmp_path):
+    """nvjpeg is never handed a JPEG without its end marker: the CPU loader decides, and skips it."""
+    from conftest import synthetic_photo
+
+    from helpers.image_io import ImageLoadError
+
+    path = tmp_path / "cut.jpg"
+    synthetic_photo(120, 90, seed=3).save(path, quality=90)
+    data = path.read_bytes()
+    item = GpuJpegItem(ImageTransform(imagenet_preprocessing()), "cpu", nvjpeg_share=1.0)
+    assert item(path, None).kind == "jpeg"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(ImageLoadError, match="truncated or corrupt"):
+        item(path, None)

@@ -1,12 +1,16 @@
 """The one image loader: every mode, EXIF orientation, truncated/corrupt/empty/non-image files, bombs, listing."""
+import builtins
 import io
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.image_io import (ImageLoadError, SkipReport, list_images, load_image, natural_sorted)
+from helpers.image_io import (ImageLoadError, SkipReport, check_max_pixels, list_images, load_image,
+                             natural_sorted)
 
 
 def _save(image, path, **kwargs):
@@ -70,16 +74,32 @@ def test_exif_orientation_applied(tmp_path):
     assert top[2] > 200 and top[0] < 60  # the left strip is now at the top
 
 
-def test_truncated_file_loads_readable_part_with_warning(tmp_path, photo, caplog):
+def _encoded(image, fmt, **options):
     buffer = io.BytesIO()
-    photo(200, 150, seed=2).save(buffer, format="JPEG", quality=90)
-    data = buffer.getvalue()
-    path = tmp_path / "truncated.jpg"
-    path.write_bytes(data[: len(data) * 2 // 3])
-    with caplog.at_level(logging.WARNING):
-        loaded = load_image(path)
-    assert loaded.size == (200, 150) and loaded.mode == "RGB"
-    assert any("truncated" in record.message for record in caplog.records)
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _partial_files(photo):
+    """Files that decode only partly: truncated JPEG and PNG, a JPEG with garbage in its compressed data."""
+    jpeg = _encoded(photo(200, 150, seed=2), "JPEG", quality=90)
+    png = _encoded(photo(200, 150, seed=2), "PNG")
+    middle = len(jpeg) // 2
+    return {"truncated.jpg": jpeg[: len(jpeg) * 2 // 3], "truncated.png": png[: len(png) * 2 // 3],
+            "garbage.jpg": jpeg[:middle] + bytes(range(256)) * 4 + jpeg[middle + 1024:]}
+
+
+@pytest.mark.parametrize("name", ["truncated.jpg", "truncated.png", "garbage.jpg"])
+def test_partly_decodable_file_is_skipped_with_reason(tmp_path, photo, name):
+    # The policy: a file that does not decode completely is refused (never kept half grey), with its reason.
+    path = tmp_path / name
+    path.write_bytes(_partial_files(photo)[name])
+    with pytest.raises(ImageLoadError, match="truncated or corrupt image data"):
+        load_image(path)
+    # The intact prefix of the same data still loads: the refusal is about the missing part, not the format.
+    complete = tmp_path / ("complete" + path.suffix)
+    complete.write_bytes(_encoded(photo(200, 150, seed=2), "PNG" if name.endswith("png") else "JPEG"))
+    assert load_image(complete).size == (200, 150)
 
 
 def _png_with_broken_header():
@@ -144,3 +164,60 @@ def test_skip_report_warns_once(caplog):
         report.warn(limit=3)
     assert len(caplog.records) == 1 and "skipped 12 file(s)" in caplog.records[0].message
     assert "and 9 more" in caplog.records[0].message
+
+
+def test_listing_reports_links_special_files_and_bad_names(tmp_path, photo):
+    root = tmp_path / "data"
+    (root / "sub").mkdir(parents=True)
+    photo(32, 24, seed=1).save(root / "good.png")
+    photo(32, 24, seed=2).save(root / "sub" / "inner.png")
+    (root / "dangling.png").symlink_to(root / "gone.png")
+    (root / "loop-a.jpg").symlink_to(root / "loop-b.jpg")
+    (root / "loop-b.jpg").symlink_to(root / "loop-a.jpg")
+    (root / "linked").symlink_to(root / "sub")  # the same folder twice: listed once
+    (root / "up").symlink_to(root)  # a loop through a folder link
+    (root / "to-good.png").symlink_to(root / "good.png")  # a working link to a file is an image like any other
+    os.mkfifo(root / "fifo.jpg")  # opening it would block forever
+    photo(32, 24, seed=3).save(root / "line\nbreak.png")
+    photo(32, 24, seed=4).save(os.fsencode(root) + b"/latin\xe9.png")
+    report = SkipReport()
+    found = [p.relative_to(root).as_posix() for p in list_images(root, report=report)]
+    assert found == ["good.png", "sub/inner.png", "to-good.png"]
+    reasons = {Path(path).name: reason for path, reason in report.items}
+    assert "dangling symbolic link" in reasons["dangling.png"]
+    assert reasons["loop-a.jpg"] == reasons["loop-b.jpg"] == "symbolic link loop"
+    assert "already listed" in reasons["up"]
+    assert "already listed" in reasons["linked"] and "sub" not in reasons
+    assert "not a regular file" in reasons["fifo.jpg"]
+    assert "line break" in reasons["line\nbreak.png"]
+    assert "not valid UTF-8" in reasons[os.fsdecode(b"latin\xe9.png")]
+    # skipped.txt keeps one entry per line whatever the names hold
+    lines = report.write(tmp_path / "out").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(report) and all(line.count("\t") == 1 for line in lines)
+    assert any(line.startswith(str(root / "line\\nbreak.png") + "\t") for line in lines)
+
+
+def test_unreadable_file_is_refused_with_reason(tmp_path, photo, monkeypatch):
+    path = tmp_path / "locked.png"
+    photo(32, 24, seed=1).save(path)
+    real_open = builtins.open
+
+    def denying_open(file, *args, **kwargs):  # what a chmod 000 file gives a non-root user
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denying_open)
+    with pytest.raises(ImageLoadError, match="not readable \\(permission denied\\)"):
+        load_image(path)
+
+
+@pytest.mark.parametrize("value,expected", [(None, None), (0, None), ("none", None), (5000, 5000), ("5000", 5000)])
+def test_check_max_pixels(value, expected):
+    assert check_max_pixels(value) == expected
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "many", True])
+def test_check_max_pixels_refuses(value):
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
+        check_max_pixels(value)
