@@ -18,7 +18,7 @@ from torch import nn
 import extract_features as cli
 from extractor.extract import InjectedFailure, embed_images, extract_features
 from extractor.models import EmbeddingNet, build_model, save_checkpoint
-from helpers.feature_store import load_features
+from helpers.feature_store import feature_dir, load_features
 from helpers.image_io import ImageLoadError, load_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,8 +109,9 @@ def test_finished_store_is_kept_unless_force(dataset, reference, capsys):
 def test_resume_after_injected_failure_writes_the_same_features(dataset, reference, tmp_path, caplog):
     with pytest.raises(InjectedFailure):
         extract_features("ResNet18 1x", str(dataset), out=tmp_path, fail_after_chunks=2, **RUN)
-    store = tmp_path / "photos" / "resnet18_1x"
-    assert not store.exists() and (tmp_path / "photos" / "resnet18_1x.partial").is_dir()
+    store = feature_dir(str(dataset), "ResNet18 1x", tmp_path)  # Features/photos-<digest of its location>/...
+    assert store.parent.name.startswith("photos-")
+    assert not store.exists() and store.with_name("resnet18_1x.partial").is_dir()
     caplog.set_level("INFO")
     extract_features("ResNet18 1x", str(dataset), out=tmp_path, **RUN)
     assert "resuming after 3 finished image(s)" in caplog.text  # img0, img1, img2: chunk 1 held the broken file
@@ -118,7 +119,7 @@ def test_resume_after_injected_failure_writes_the_same_features(dataset, referen
     assert (store / "features.npy").read_bytes() == (expected / "features.npy").read_bytes()
     assert (store / "names.txt").read_text() == (expected / "names.txt").read_text()
     assert (store / "skipped.txt").read_text() == (expected / "skipped.txt").read_text()
-    assert not (tmp_path / "photos" / "resnet18_1x.partial").exists()
+    assert not store.with_name("resnet18_1x.partial").exists()
 
 
 def _cli(args, **kwargs):
@@ -132,7 +133,8 @@ def test_killed_extraction_resumes_to_the_same_features(dataset, reference, tmp_
     options[options.index("--chunk-size") + 1] = "1"
     command, kwargs = _cli(["extract_features.py", "--algo", "ResNet18 1x", "--dataset", str(dataset),
                             "--out", str(tmp_path), *options])
-    partial = tmp_path / "photos" / "resnet18_1x.partial"
+    store = feature_dir(str(dataset), "ResNet18 1x", tmp_path)
+    partial = store.with_name("resnet18_1x.partial")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     deadline = time.time() + 120
     while not (partial / "chunk_000000.npy").exists():
@@ -142,11 +144,11 @@ def test_killed_extraction_resumes_to_the_same_features(dataset, reference, tmp_
     os.kill(process.pid, signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL
-    assert not (tmp_path / "photos" / "resnet18_1x").exists()  # killed mid-run, not after the end
+    assert not store.exists()  # killed mid-run, not after the end
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
     assert done.returncode == 0, done.stderr
     assert "resuming after" in done.stderr
-    written, expected = tmp_path / "photos" / "resnet18_1x", reference["resnet18_1x"]
+    written, expected = store, reference["resnet18_1x"]
     assert (written / "features.npy").read_bytes() == (expected / "features.npy").read_bytes()
     assert (written / "names.txt").read_text() == (expected / "names.txt").read_text()
 
@@ -158,13 +160,14 @@ def test_torchrun_with_two_cpu_processes_equals_a_single_process(dataset, refere
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
     assert done.returncode == 0, done.stderr[-3000:]
     for slug in ("resnet18_1x", "dhash_64_bits"):
-        ours, single = load_features(tmp_path / "photos" / slug), load_features(reference[slug])
+        ours, single = load_features(feature_dir(str(dataset), slug, tmp_path)), load_features(reference[slug])
         assert ours.names == single.names
         assert np.array_equal(ours.features, single.features), slug
         assert ours.meta["world_size"] == 2 and ours.meta["skipped"] == 2
-        assert sorted((tmp_path / "photos" / slug / "skipped.txt").read_text().splitlines()) == \
+        assert sorted((feature_dir(str(dataset), slug, tmp_path) / "skipped.txt").read_text().splitlines()) == \
             sorted((reference[slug] / "skipped.txt").read_text().splitlines())
-    assert sorted(p.name for p in (tmp_path / "photos").iterdir()) == ["dhash_64_bits", "resnet18_1x"]
+    assert sorted(p.name for p in feature_dir(str(dataset), "x", tmp_path).parent.iterdir()
+                  if not p.name.startswith(".")) == ["dhash_64_bits", "resnet18_1x"]
 
 
 def test_checkpoint_extraction_and_names(dataset, tmp_path):
@@ -185,7 +188,7 @@ def test_checkpoint_extraction_and_names(dataset, tmp_path):
     assert store.meta["checkpoint_config"]["pooling"] == "gem"
     assert cli.main(["--checkpoint", str(path), "--name", "My model", "--dataset", str(small), "--out", str(out),
                      *CLI_RUN]) == 0
-    assert np.array_equal(load_features(out / "small" / "my_model").features, store.features)
+    assert np.array_equal(load_features(feature_dir(str(small), "My model", out)).features, store.features)
 
 
 def test_command_line_errors_are_one_line(capsys, dataset):

@@ -192,7 +192,7 @@ def _bad_file_case(bad_name):
         write_bad_file(folder, bad_name)
         out = tmp / "Features"
         expect_ok(_extract(_hash_argv(folder, out)))
-        store = _store_dir(out, "photos")
+        store = _store_dir(out, folder)
         names = (store / "names.txt").read_text(encoding="utf-8").splitlines()
         assert [Path(n).name for n in names] == [p.name for p in good], names
         skipped = _skipped(store)
@@ -215,7 +215,7 @@ def _odd_images(tmp):
         expect_ok(_extract(_hash_argv(folder, out)))
     finally:
         os.chdir(cwd)
-    store = _store_dir(out, "odd")
+    store = _store_dir(out, folder)
     stored = sorted(Path(n).name for n in (store / "names.txt").read_text(encoding="utf-8").splitlines())
     assert stored == names and not (store / "skipped.txt").exists()
     assert_payload_never_ran(tmp, folder)
@@ -230,7 +230,7 @@ def _neural_partial(tmp):
     out = tmp / "Features"
     expect_ok(_extract(["--algo", "ResNet18 1x", "--weights", "random", "--dataset", folder, "--out", out,
                         "--workers", "0", "--no-progress", "--device", "cpu", "--batch-size", "2"]))
-    store = _store_dir(out, "photos", "ResNet18 1x")
+    store = _store_dir(out, folder, "ResNet18 1x")
     assert len((store / "names.txt").read_text().splitlines()) == 2
     skipped = _skipped(store)
     assert "truncated or corrupt" in skipped["truncated.jpg"] and "truncated or corrupt" in skipped["garbage.jpg"]
@@ -244,7 +244,7 @@ def _max_pixels_extract(tmp):
     write_photos(folder, 1, prefix="big", size=(100, 100))
     out = tmp / "Features"
     expect_ok(_extract(_hash_argv(folder, out, "--max-pixels", "5000")))
-    store = _store_dir(out, "photos")
+    store = _store_dir(out, folder)
     assert (store / "names.txt").read_text().splitlines() == [str(folder / "small0.png")]
     reason = _skipped(store)["big0.png"]
     assert "exceeds the limit of 5000" in reason and "--max-pixels" in reason  # names a flag that exists
@@ -677,7 +677,7 @@ def _unreadable(tmp):
         expect_ok(_extract(_hash_argv(folder, out)))
     finally:
         builtins.open = real_open
-    store = _store_dir(out, "photos")
+    store = _store_dir(out, folder)
     assert len((store / "names.txt").read_text().splitlines()) == 2
     assert "not readable (permission denied)" in _skipped(store)["locked0.png"]
 
@@ -698,7 +698,7 @@ def _unreadable_for_real(tmp):
             expect_ok(_extract(_hash_argv(folder, out)))
         finally:
             locked.chmod(0o644)
-        assert "permission denied" in _skipped(_store_dir(out, "photos"))["locked0.png"]
+        assert "permission denied" in _skipped(_store_dir(out, folder))["locked0.png"]
         return
     import pwd
 
