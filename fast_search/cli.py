@@ -29,14 +29,14 @@ def _positive(text):
     return value
 
 
-def _data_arguments(parser, several_algos):
-    parser.add_argument("--algo", nargs="+" if several_algos else None, required=True, metavar="ALGO",
+def _data_arguments(parser, several_algos, required=True):
+    parser.add_argument("--algo", nargs="+" if several_algos else None, required=required, metavar="ALGO",
                         help="algorithm name(s) of the features, as given to extract_features.py (e.g. "
                              "'SimCLR v2 ResNet50 2x', 'Dhash 64 bits')" + ("; several give one section each"
                                                                            if several_algos else ""))
-    parser.add_argument("--main-dataset", required=True,
+    parser.add_argument("--main-dataset", required=required,
                         help="dataset of the database originals (e.g. BSDS500_original, Kaggle_templates)")
-    parser.add_argument("--query-dataset", required=True,
+    parser.add_argument("--query-dataset", required=required,
                         help="dataset of the queries, e.g. attacked copies (BSDS500_attacks, Kaggle_memes)")
     parser.add_argument("--distractor-dataset", default=None,
                         help="dataset added to the database as distractors (e.g. Flickr500K; default: none)")
@@ -92,7 +92,7 @@ def search_experiment_parser():
     parser.add_argument("--save-neighbors", action="store_true",
                         help="write each query's neighbours (rank, image, distance, correct, tie group) of every "
                              "run and point to RESULTS_ROOT/NAME/neighbors/*.csv.gz (format: "
-                             "fast_search/neighbor_table.py; explore_neighbors.py writes the same file)")
+                             "fast_search/neighbor_table.py; explore_neighbors.py --neighbors-file draws a gallery from it)")
     parser.add_argument("--repeats", type=_positive, default=3,
                         help="time each search this many times and keep the best (default: %(default)s)")
     parser.add_argument("--train-size", type=_positive, default=None,
@@ -130,7 +130,11 @@ def explore_neighbors_parser():
                     "(incorrect first, with distances).")
     parser.add_argument("--name", required=True, help="gallery name: NEIGHBORS_ROOT/NAME/ (refused if it exists, "
                                                       "unless --force)")
-    _data_arguments(parser, several_algos=False)
+    _data_arguments(parser, several_algos=False, required=False)
+    parser.add_argument("--neighbors-file", default=None, metavar="FILE",
+                        help="draw the gallery from a neighbour table (neighbors/*.csv.gz written by "
+                             "search_experiment.py --save-neighbors, or a gallery's neighbors.csv.gz) instead of "
+                             "searching; --algo and the datasets are then not needed")
     parser.add_argument("--metric", default="cosine", choices=METRICS,
                         help="distance (default: %(default)s; hashes always use hamming)")
     parser.add_argument("--index", dest="factory", default="Flat", metavar="FACTORY",

@@ -15,8 +15,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from helpers.experiment import ExperimentExistsError, is_finished, start_experiment
 from helpers.log import get_logger
 from helpers.image_io import DEFAULT_MAX_PIXELS
@@ -24,7 +22,7 @@ from helpers.montage import make_montage
 from helpers.paths import FEATURES_DIR, NEIGHBORS_DIR
 
 from .experiment import same_config
-from .neighbor_table import write_neighbor_table
+from .neighbor_table import read_neighbor_table, write_neighbor_table
 from .search import Experiment, resolve_image_path
 
 logger = get_logger(__name__)
@@ -48,57 +46,48 @@ def _save_atomic(image, path):
     os.replace(tmp, path)
 
 
-def query_entries(experiment, correct_within=1, k=None):
-    """One dict per query of the last search: names, the ``k`` nearest neighbours' ids and distances, target,
-    rank and category.
+def table_entries(table, correct_within=1, k=None):
+    """One dict per query of a neighbour table (:func:`fast_search.neighbor_table.read_neighbor_table`): its
+    ``k`` nearest neighbours with distances and correctness, target, rank and category.
 
     A query is Correct when its target is among its ``correct_within`` nearest neighbours counting ties at the
-    cut-off as misses (the pessimistic convention of :func:`fast_search.metrics.tie_aware_hits`); ``tied`` says
-    when the target's distance is shared with another image, so its rank depends on how ties are broken.
+    cut-off as misses (the pessimistic convention of :func:`fast_search.metrics.tie_aware_hits`: the wrong
+    neighbours of a tie group come first); ``tied`` says when the target's distance is shared with another image,
+    so its rank depends on how ties are broken.
     """
-    from . import metrics as M
-
-    ids_by_identity = {}
-    for row, ident in enumerate(experiment.identifiers_db):
-        ids_by_identity.setdefault(ident, []).append(row)
-    within = min(int(correct_within), experiment.I.shape[1])
-    hits = M.tie_aware_hits(experiment.D, experiment.I, experiment.identifiers_db, experiment.identifiers_query,
-                            within, experiment.n)[0]
-    k = experiment.I.shape[1] if k is None else int(k)
     entries = []
-    for q, name in enumerate(experiment.query_names):
-        ident = experiment.identifiers_query[q]
-        targets = ids_by_identity.get(ident, [])
-        valid = experiment.I[q] >= 0
-        all_ids, all_d = experiment.I[q][valid], experiment.D[q][valid]
-        neighbors = [int(i) for i in all_ids[:k]]
-        distances = [float(d) for d in all_d[:k]]
-        rank = next((r + 1 for r, i in enumerate(neighbors) if experiment.identifiers_db[i] == ident), 0)
-        tied = bool(rank) and int(np.sum(all_d == distances[rank - 1])) > 1
-        category = "NoOriginal" if not targets else ("Correct" if hits[q] else "Incorrect")
-        entries.append({"query": q, "name": name, "identity": ident, "neighbors": neighbors,
-                        "distances": distances, "targets": targets, "rank": rank, "tied": tied,
+    for q, (name, row) in enumerate(table.items()):
+        shown = row["neighbors"] if k is None else row["neighbors"][: int(k)]
+        first = next((n for n in row["neighbors"] if n["correct"]), None)
+        rank = first["rank"] if first is not None and (k is None or first["rank"] <= int(k)) else 0
+        hit = False
+        if first is not None:
+            group = [n for n in row["neighbors"] if n["tie_first"] == first["tie_first"]]
+            correct_in_group = sum(n["correct"] for n in group)
+            hit = first["tie_last"] - correct_in_group + 1 <= int(correct_within)
+        category = "NoOriginal" if row["reference"] is None else ("Correct" if hit else "Incorrect")
+        entries.append({"query": q, "name": name, "neighbors": [n["neighbor"] for n in shown],
+                        "correct": [n["correct"] for n in shown], "distances": [n["distance"] for n in shown],
+                        "target": row["reference"], "target_distance": first["distance"] if first else None,
+                        "rank": rank, "tied": bool(first) and first["tie_first"] != first["tie_last"],
                         "category": category})
     return entries
 
 
-def _montage(entry, experiment, tile, max_pixels=DEFAULT_MAX_PIXELS):
+def _montage(entry, tile, max_pixels=DEFAULT_MAX_PIXELS):
     items = [{"path": resolve_image_path(entry["name"]), "caption": f"query\n{_short(entry['name'])}",
               "border": "blue"}]
-    for r, (row, dist) in enumerate(zip(entry["neighbors"], entry["distances"]), start=1):
-        name = experiment.db_names[row]
-        good = experiment.identifiers_db[row] == entry["identity"]
+    for r, (name, good, dist) in enumerate(zip(entry["neighbors"], entry["correct"], entry["distances"]), start=1):
         items.append({"path": resolve_image_path(name), "caption": f"#{r} d={dist:.4g}\n{_short(name)}",
                       "border": "green" if good else "red"})
-    if entry["targets"]:
-        name = experiment.db_names[entry["targets"][0]]
+    if entry["target"]:
         where = f"rank {entry['rank']}" if entry["rank"] else "not in top k"
-        items.append({"path": resolve_image_path(name), "caption": f"target ({where})\n{_short(name)}",
-                      "border": "gray"})
+        items.append({"path": resolve_image_path(entry["target"]),
+                      "caption": f"target ({where})\n{_short(entry['target'])}", "border": "gray"})
     return make_montage(items, tile=tile, max_pixels=max_pixels)
 
 
-def _write_index(folder, entries, title, experiment, k, correct_within):
+def _write_index(folder, entries, title, k, correct_within):
     order = {category: i for i, category in enumerate(CATEGORIES)}
     entries = sorted(entries, key=lambda e: (order[e["category"]], e["query"]))
     counts = {c: sum(e["category"] == c for e in entries) for c in CATEGORIES}
@@ -106,8 +95,7 @@ def _write_index(folder, entries, title, experiment, k, correct_within):
     for entry in entries:
         link = html.escape(entry["file"], quote=True)
         dists = ", ".join(f"{d:.4g}" for d in entry["distances"])
-        target_d = next((d for row, d in zip(entry["neighbors"], entry["distances"])
-                         if experiment.identifiers_db[row] == entry["identity"]), None)
+        target_d = entry["target_distance"]
         rows.append(
             f'<tr class="{entry["category"]}"><td>{entry["category"]}</td><td>{html.escape(entry["name"])}</td>'
             f'<td>{entry["rank"] or "-"}{" (tied)" if entry.get("tied") else ""}</td>'
@@ -141,8 +129,8 @@ neighbours (green: same identity, red: other) with their distances, and the targ
 def explore_neighbors(name, algo, main_dataset, query_dataset, distractor_dataset=None, metric="cosine", k=10,
                       limit=None, correct_within=1, factory="Flat", device="auto", backend="auto", batch_size=None,
                       tile=160, max_pixels=DEFAULT_MAX_PIXELS,
-                      neighbors_root=NEIGHBORS_DIR, features_root=FEATURES_DIR, ground_truth=None, force=False,
-                      config=None, argv=None, **ignored):
+                      neighbors_root=NEIGHBORS_DIR, features_root=FEATURES_DIR, ground_truth=None,
+                      neighbors_file=None, force=False, config=None, argv=None, **ignored):
     """Write the neighbour gallery ``neighbors_root/name/`` and return ``{category: count}``.
 
     Parameters
@@ -157,6 +145,9 @@ def explore_neighbors(name, algo, main_dataset, query_dataset, distractor_datase
         nearest is right).
     factory : str
         Index to search with (default exact ``Flat``).
+    neighbors_file : path, optional
+        Draw the gallery from a neighbour table written by a search experiment (``--save-neighbors``) instead
+        of searching (:mod:`fast_search.neighbor_table`); the dataset arguments are then not needed.
     max_pixels : int or None
         Images of more pixels are drawn as "unreadable" tiles (``--max-pixels``; ``None``: no limit).
 
@@ -176,51 +167,64 @@ def explore_neighbors(name, algo, main_dataset, query_dataset, distractor_datase
         raise ExperimentExistsError(f"{folder} already holds a neighbour gallery; choose another --name or pass "
                                     "--force to overwrite it")
     torch_device = resolve_device(device)
-    experiment = Experiment(algo, main_dataset, query_dataset, distractor_dataset, features_root=features_root,
-                            device=torch_device, backend=backend, batch_size=batch_size, ground_truth=ground_truth)
     config = config or {"name": name, "algo": algo, "main_dataset": main_dataset, "query_dataset": query_dataset,
                         "distractor_dataset": distractor_dataset, "metric": metric, "k": k, "limit": limit,
                         "correct_within": correct_within, "factory": factory, "device": device,
-                        "backend": backend, "tile": tile}
+                        "backend": backend, "tile": tile, "neighbors_file": neighbors_file}
+    stale = folder.exists() and not same_config(folder, config)
+    experiment = None
     try:
-        experiment.set_index(factory, metric)
-        k_eff = min(int(k), experiment.n)
-        experiment.search(k=k_eff)
-        entries = query_entries(experiment, int(correct_within), k_eff)
-        order = {category: i for i, category in enumerate(CATEGORIES)}
-        entries.sort(key=lambda e: (order[e["category"]], e["query"]))
-        if limit is not None:
-            entries = entries[: int(limit)]
-        stale = folder.exists() and not same_config(folder, config)
+        if neighbors_file:
+            table, title = read_neighbor_table(neighbors_file), f"neighbours of {neighbors_file}"
+            k_eff = int(k)
+        else:
+            if not algo or not main_dataset or not query_dataset:
+                raise ValueError("give --algo, --main-dataset and --query-dataset (or --neighbors-file FILE)")
+            experiment = Experiment(algo, main_dataset, query_dataset, distractor_dataset,
+                                    features_root=features_root, device=torch_device, backend=backend,
+                                    batch_size=batch_size, ground_truth=ground_truth)
+            experiment.set_index(factory, metric)
+            k_eff = min(int(k), experiment.n)
+            experiment.search(k=k_eff)
+            title = f"{experiment.algorithm}: {query_dataset} vs {main_dataset}" + \
+                (f" + {distractor_dataset}" if distractor_dataset else "") + f" ({experiment.factory_str}, {metric})"
         record = start_experiment(folder, config, force=force, device=torch_device, argv=argv)
-        for category in CATEGORIES:
-            if stale:  # montages of an interrupted run with other settings must not be reused
-                shutil.rmtree(folder / category, ignore_errors=True)
-            (folder / category).mkdir(exist_ok=True)
-        missing = set()
-        for entry in entries:
-            relative = f"{entry['category']}/{entry['query']:06d}_{_safe_stem(entry['name'])}.png"
-            entry["file"] = relative
-            target = folder / relative
-            if not target.exists():  # resume: finished montages are kept
-                rows = entry["neighbors"] + entry["targets"][:1]
-                missing.update(str(p) for p in [resolve_image_path(entry["name"])] +
-                               [resolve_image_path(experiment.db_names[r]) for r in rows] if not p.is_file())
-                _save_atomic(_montage(entry, experiment, tile, max_pixels), target)
-        if missing:
-            shown = sorted(missing)
-            logger.warning("%d image(s) named in the feature store are missing and drawn as gray tiles: %s%s",
-                           len(shown), "; ".join(shown[:5]), " ..." if len(shown) > 5 else "")
-        title = f"{experiment.algorithm}: {query_dataset} vs {main_dataset}" + \
-            (f" + {distractor_dataset}" if distractor_dataset else "") + f" ({experiment.factory_str}, {metric})"
-        index = _write_index(folder, entries, title, experiment, k_eff, int(correct_within))
-        write_neighbor_table(folder / "neighbors.csv.gz", experiment.query_names, experiment.db_names, experiment.D,
-                             experiment.I, experiment.identifiers_db, experiment.identifiers_query, k=k_eff)
-        counts = {c: sum(e["category"] == c for e in entries) for c in CATEGORIES}
-        recall = experiment.recall(min(int(correct_within), k_eff))[0]
-        record.finish(shown=counts, recall_at_correct_within=None if np.isnan(recall) else recall)
+        if experiment is not None:
+            # the gallery is drawn from the neighbours written as data (the file search experiments write too)
+            write_neighbor_table(folder / "neighbors.csv.gz", experiment.query_names, experiment.db_names,
+                                 experiment.D, experiment.I, experiment.identifiers_db, experiment.identifiers_query,
+                                 k=k_eff)
+            table = read_neighbor_table(folder / "neighbors.csv.gz")
     finally:
-        experiment.close()
+        if experiment is not None:
+            experiment.close()
+    entries = table_entries(table, int(correct_within), k_eff)
+    positives = [e for e in entries if e["category"] != "NoOriginal"]
+    recall = sum(e["category"] == "Correct" for e in positives) / len(positives) if positives else None
+    order = {category: i for i, category in enumerate(CATEGORIES)}
+    entries.sort(key=lambda e: (order[e["category"]], e["query"]))
+    if limit is not None:
+        entries = entries[: int(limit)]
+    for category in CATEGORIES:
+        if stale:  # montages of an interrupted run with other settings must not be reused
+            shutil.rmtree(folder / category, ignore_errors=True)
+        (folder / category).mkdir(exist_ok=True)
+    missing = set()
+    for entry in entries:
+        relative = f"{entry['category']}/{entry['query']:06d}_{_safe_stem(entry['name'])}.png"
+        entry["file"] = relative
+        target = folder / relative
+        if not target.exists():  # resume: finished montages are kept
+            shown = [entry["name"]] + entry["neighbors"] + ([entry["target"]] if entry["target"] else [])
+            missing.update(str(resolve_image_path(p)) for p in shown if not resolve_image_path(p).is_file())
+            _save_atomic(_montage(entry, tile, max_pixels), target)
+    if missing:
+        shown = sorted(missing)
+        logger.warning("%d image(s) named in the feature store are missing and drawn as gray tiles: %s%s",
+                       len(shown), "; ".join(shown[:5]), " ..." if len(shown) > 5 else "")
+    index = _write_index(folder, entries, title, k_eff, int(correct_within))
+    counts = {c: sum(e["category"] == c for e in entries) for c in CATEGORIES}
+    record.finish(shown=counts, recall_at_correct_within=recall)
     print(f"{len(entries)} montages ({counts['Incorrect']} incorrect, {counts['NoOriginal']} without original, "
           f"{counts['Correct']} correct): {index}")
     return counts

@@ -133,3 +133,25 @@ def test_missing_images_are_drawn_gray_and_reported(gallery_store, tmp_path, cap
         counts = _gallery(gallery_store, tmp_path, name="missing", main_dataset="main_missing")
     assert sum(counts.values()) == 10
     assert "im03_deleted.png" in caplog.text and "gray" in caplog.text
+
+
+def test_gallery_from_a_search_experiments_neighbour_table(gallery_store, tmp_path):
+    """search_experiment --save-neighbors writes the table the gallery reads: same categories as a numpy search."""
+    from fast_search.experiment import run_experiment
+    from fast_search.neighbor_table import read_neighbor_table
+
+    run_experiment("exp", ALGO, "main", "queries", experiment="k", ks=[3], metrics=["cosine"], repeats=1,
+                   device="cpu", results_root=tmp_path / "Results", features_root=gallery_store["root"],
+                   save_neighbors=True)
+    table_file = next((tmp_path / "Results" / "exp" / "neighbors").glob("*.csv.gz"))
+    table = read_neighbor_table(table_file)
+    assert list(table) == gallery_store["q_names"] and all(len(row["neighbors"]) == 3 for row in table.values())
+    counts = explore_neighbors(name="from_table", neighbors_file=str(table_file), k=3, tile=TILE,
+                               neighbors_root=tmp_path / "Neighbors", device="cpu", algo=None, main_dataset=None,
+                               query_dataset=None)
+    expected = expected_categories(gallery_store, 3, 1)
+    folder = tmp_path / "Neighbors" / "from_table"
+    for category in ("Correct", "Incorrect", "NoOriginal"):
+        stems = {re.sub(r"^\d{6}_", "", f.stem) for f in folder.glob(f"{category}/*.png")}
+        assert stems == {s for s, c in expected.items() if c == category}
+        assert counts[category] == len(stems)
