@@ -10,7 +10,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 from extractor import postprocess as P
 from extractor.extract import extract_features
 from extractor.models import build_model
-from helpers.feature_store import load_features
+from helpers.feature_store import feature_dir, load_features
 
 
 def _anisotropic(n, d, seed):
@@ -81,16 +81,16 @@ def test_extraction_with_pca_whitening_l2_and_layers(tmp_path, photo):
     names = [f.name for f in folders]
     assert names == ["dhash_64_bits", "dhash_64_bits_pca4_whitened_on_fitset_l2", "resnet18_1x",
                      "resnet18_1x_pca4_whitened_on_fitset_l2"]
-    raw_fit = np.asarray(load_features(out / "fitset" / "resnet18_1x").features, dtype=np.float64)
-    raw_query = np.asarray(load_features(out / "queryset" / "resnet18_1x").features, dtype=np.float64)
+    raw_fit = np.asarray(load_features(feature_dir(str(fit), "ResNet18 1x", out)).features, dtype=np.float64)
+    raw_query = np.asarray(load_features(feature_dir(str(query), "ResNet18 1x", out)).features, dtype=np.float64)
     expected = SkPCA(4, svd_solver="full", whiten=True).fit(raw_fit).transform(raw_query)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     derived = load_features(folders[3])
     assert np.allclose(derived.features, expected, atol=1e-4)
     assert derived.meta["postprocessing"][0]["whiten"] and derived.meta["source_name"] == "ResNet18 1x"
-    assert (out / "fitset" / "resnet18_1x" / "pca_4.npz").is_file()
+    assert (feature_dir(str(fit), "ResNet18 1x", out) / "pca_4.npz").is_file()
     bits = np.unpackbits(np.asarray(load_features(folders[0]).features), axis=1).astype(np.float64)
-    fit_bits = np.unpackbits(np.asarray(load_features(out / "fitset" / "dhash_64_bits").features), axis=1)
+    fit_bits = np.unpackbits(np.asarray(load_features(feature_dir(str(fit), "Dhash 64 bits", out)).features), axis=1)
     hashed = SkPCA(4, svd_solver="full", whiten=True).fit(fit_bits.astype(np.float64)).transform(bits)
     hashed /= np.linalg.norm(hashed, axis=1, keepdims=True)
     assert np.allclose(load_features(folders[1]).features, hashed, atol=1e-4)

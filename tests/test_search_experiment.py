@@ -243,7 +243,8 @@ def test_results_table_reads_the_seed_layout():
             "IVF7071,Flat--cosine": {"recall": [0.73, 0.94], "training_time": 49.1, "searching_time": [0.06, 1.06],
                                      "k": 1, "nprobe": [1, 80]}}
     table = format_results_table(seed)
-    assert "IVF7071,Flat" in table and "0.9400" in table and "1.060" in table and len(table.splitlines()) == 5
+    assert "IVF7071,Flat" in table and "0.9400" in table and "1.060" in table and len(table.splitlines()) == 6
+    assert table.splitlines()[-1].startswith("recall@k and uAP count ties at the cut-off as misses")
 
 
 def test_cli_with_config_and_refusal(tmp_path, store):
