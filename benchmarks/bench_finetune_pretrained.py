@@ -331,16 +331,47 @@ def starting_model(config):
     return TrainingModel(net, head)
 
 
+def reusable_run(config):
+    """The ``best_epoch.json`` summary of a finished run of exactly this configuration (``--reuse``), else None."""
+    import yaml
+
+    from finetuning.trainer import BEST_FILE
+    from helpers.experiment import CONFIG_NAME, is_finished
+
+    folder = Path(config.log_dir)
+    best, saved = folder / BEST_FILE, folder / CONFIG_NAME
+    if not (best.is_file() and saved.is_file()):
+        return None
+    summary = json.loads(best.read_text())
+    # a finished run, or one the time budget stopped (recorded as such); never one killed half-way
+    if not (is_finished(folder) or summary.get("stopped_early")):
+        return None
+    previous = yaml.safe_load(saved.read_text()) or {}
+    wanted = config.to_dict()
+    if any(previous.get(key) != value for key, value in wanted.items() if key != "max_minutes"):
+        return None
+    if summary["best_checkpoint"] and not Path(summary["best_checkpoint"]).is_file():
+        return None
+    summary["train_seconds"] = sum(r.get("epoch_seconds", 0.0) + r.get("val_seconds", 0.0)
+                                   for r in summary["history"])
+    return summary
+
+
 def train(args, folders, koleo, regularised, minutes, tag):
     """One fine-tuning run; returns its summary (validation history, selected epoch) and the selected model."""
     from finetuning.models import TrainingModel, load_descriptor_net
     from finetuning.trainer import run_finetuning
 
     config = training_config(args, folders, koleo, regularised, args.epochs, args.work / tag)
-    config.max_minutes = minutes
+    summary = reusable_run(config) if args.reuse else None
     started = time.time()
-    summary = run_finetuning(config)
-    seconds = time.time() - started
+    if summary is None:
+        config.max_minutes = minutes
+        summary = run_finetuning(config)
+        seconds = time.time() - started
+    else:
+        seconds = summary.get("train_seconds")
+        log(f"{tag}: reusing the finished run in {config.log_dir} (same configuration)")
     history = [{k: v for k, v in r.items() if isinstance(v, (int, float))} for r in summary["history"]]
     record = {"koleo_weight": koleo, "regularised": regularised, "train_seconds": seconds,
               "epochs_trained": summary["last_epoch"], "best_epoch": summary["best_epoch"],
@@ -352,7 +383,7 @@ def train(args, folders, koleo, regularised, minutes, tag):
     else:
         model = None                       # no epoch beat the start on validation: the start is kept
     start_val = history[0].get("val_muap") if history else None
-    log(f"{tag}: {summary['last_epoch']} epochs in {seconds / 60:.1f} min; validation µAP start {start_val:.4f} -> "
+    log(f"{tag}: {summary['last_epoch']} epochs in {(seconds or 0) / 60:.1f} min; validation µAP start {start_val:.4f} -> "
         f"best epoch {summary['best_epoch']}: {summary['best_value']:.4f} (load {load_average()})")
     return record, model
 
@@ -448,6 +479,9 @@ def build_parser():
     parser.add_argument("--workers", type=int, default=1, help="data-loader workers (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse finished training runs of the same configuration found under --work (to add "
+                             "evaluation sizes without retraining); their recorded training time is reported")
     parser.add_argument("--reduced", action="store_true",
                         help="development mode: 48 test photos, 2 epochs, KoLeo 0 and 10, evaluated at the "
                              "training size only")
