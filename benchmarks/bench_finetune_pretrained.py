@@ -317,7 +317,7 @@ def training_config(args, folders, koleo, regularised, epochs, log_dir):
         backbone=args.backbone, model=args.weights, mode="copy_detection", size=args.size, epochs=epochs,
         batch_size=args.batch_size, optimizer="adam", lr=args.lr, weight_decay=0.0, temperature=args.temperature,
         koleo_weight=koleo, jitter=args.jitter, crop_scale=args.crop_scale, crop_prob=args.crop_prob,
-        edit_prob=args.edit_prob, edit_families=trained, freeze_bn=args.freeze_bn,
+        edit_prob=args.edit_prob, edit_families=trained, freeze_bn=bool(args.freeze_bn),
         l2sp_weight=args.l2sp_weight if regularised else 0.0,
         distill_weight=args.distill_weight if regularised else 0.0, warmup_epochs=args.warmup_epochs,
         val_copies=args.val_copies, val_every=1, select_metric="muap", workers=args.workers, device="cpu",
