@@ -47,7 +47,7 @@ def main(argv=None):
         parser.exit(2, f"error: {exc}\n")
     if summary and summary.get("best_epoch") is not None:
         value = summary.get("best_value")
-        shown = f", validation recall@1 {value:.4f}" if isinstance(value, float) else ""
+        shown = f", {summary.get('metric')} {value:.4f}" if isinstance(value, float) else ""
         print(f"best epoch: {summary['best_epoch']}{shown} -> {summary.get('best_checkpoint')}")
     return 0
 

@@ -85,14 +85,16 @@ class CopyDetectionAugment:
     With probability ``p_edit`` one random edit chain of :func:`data_retrieval.attacks.random_edit` is applied
     (every attack family: crops, rotations, flips, shears, noise, strong blur, JPEG, colour, text and emoji
     overlays, padding, chains...); then, with probability ``crop_prob``, a random resized crop (``scale``), else
-    the whole image squashed to ``size x size`` as at search time (:func:`eval_resize`); then a horizontal flip,
-    a colour jitter of strength ``jitter`` (p 0.8), grayscale (p 0.2) and blur (p 0.5, as SimCLR).
+    the whole image squashed to ``size x size`` as at search time (:func:`eval_resize`); then a horizontal flip
+    (p 0.5; none when ``flip`` is False, or by default when ``families`` is given without ``"flip"``: flips are
+    then held out), a colour jitter of strength ``jitter`` (p 0.8), grayscale (p 0.2) and blur (p 0.5, as SimCLR).
 
     Call as ``augment(image, rng)`` with a ``numpy.random.Generator`` (the edit's randomness); the torchvision
     part uses torch's generator (seeded per sample by :func:`seeded_view`).
     """
 
-    def __init__(self, size=224, jitter=0.5, p_edit=0.9, scale=(0.4, 1.0), families=None, crop_prob=0.5):
+    def __init__(self, size=224, jitter=0.5, p_edit=0.9, scale=(0.4, 1.0), families=None, crop_prob=0.5,
+                 flip=None):
         from data_retrieval.attacks import RANDOM_EDITS, random_edit  # only this mode needs the attacks
 
         if families is not None:
@@ -105,9 +107,11 @@ class CopyDetectionAugment:
         self.size = int(size)
         self.p_edit = float(p_edit)
         s = float(jitter)
+        # A restricted family list without "flip" means flips are held out: the view must not flip either.
+        self.flip = (families is None or "flip" in families) if flip is None else bool(flip)
         self.view = T.Compose([
             CropOrWhole(self.size, scale=tuple(scale), p=crop_prob),
-            T.RandomHorizontalFlip(),
+            T.RandomHorizontalFlip(p=0.5 if self.flip else 0.0),
             T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
             T.RandomGrayscale(p=0.2),
             T.RandomApply([T.GaussianBlur(blur_kernel_size(self.size), sigma=(0.1, 2.0))], p=0.5),

@@ -13,6 +13,7 @@ from .models import MODES
 
 OPTIMIZERS = ("lars", "adam")
 PRECISIONS = ("fp32", "bf16", "fp16")
+SELECT_METRICS = ("recall@1", "muap")
 
 
 @dataclass
@@ -54,6 +55,10 @@ class FinetuneConfig:
     koleo_weight: float = None
     margin: float = 0.2
     freeze_backbone: bool = False
+    freeze_bn: bool = False
+    l2sp_weight: float = 0.0
+    distill_weight: float = 0.0
+    select_metric: str = "recall@1"
     warmup_epochs: float = None
     pretrained_lr_scale: float = 0.1
     edit_prob: float = 0.9
@@ -91,6 +96,10 @@ class FinetuneConfig:
             raise ValueError("--crop_scale must be in (0, 1], --edit_prob and --crop_prob in [0, 1]")
         if self.keep_checkpoints not in ("all", "best_last"):
             raise ValueError(f"--keep_checkpoints must be all or best_last, got {self.keep_checkpoints!r}")
+        if self.l2sp_weight < 0 or self.distill_weight < 0:
+            raise ValueError("--l2sp_weight and --distill_weight must be >= 0")
+        if self.select_metric not in SELECT_METRICS:
+            raise ValueError(f"--select_metric must be one of {SELECT_METRICS}, got {self.select_metric!r}")
         if self.in_memory not in ("auto", "true", "false"):
             raise ValueError(f"--in_memory must be auto, true or false, got {self.in_memory!r}")
 
@@ -203,6 +212,20 @@ def add_finetune_arguments(parser):
     more.add_argument("--margin", type=float, default=0.2, help="triplet margin (default: %(default)s)")
     more.add_argument("--freeze_backbone", action="store_true",
                       help="train only the pooling/projection (triplet mode's frozen ResNet)")
+    more.add_argument("--freeze_bn", action="store_true",
+                      help="keep the batch-norm layers in evaluation mode: the starting model's running statistics "
+                           "are used and kept (small, heavily edited batches would overwrite a pretrained model's); "
+                           "their scale and shift still train")
+    more.add_argument("--l2sp_weight", type=float, default=0.0,
+                      help="L2-SP regulariser toward the start: alpha/2 * sum ||w - w0||^2 over the trained "
+                           "network's parameters (Li et al. 2018); 0 = off (default: %(default)s)")
+    more.add_argument("--distill_weight", type=float, default=0.0,
+                      help="feature distillation toward the start: beta * mean ||n(f(x)) - n(f0(x))||^2 between the "
+                           "L2-normalised descriptors of every training view by the trained and the frozen starting "
+                           "network; 0 = off (default: %(default)s)")
+    more.add_argument("--select_metric", default="recall@1", choices=SELECT_METRICS,
+                      help="validation metric that picks the best epoch: recall@1 or muap (micro-average precision, "
+                           "finer-grained when recall@1 saturates) (default: %(default)s)")
     more.add_argument("--warmup_epochs", type=float, default=None,
                       help="epochs of linear warm-up (default: 10%% of --epochs)")
     more.add_argument("--pretrained_lr_scale", type=float, default=0.1,

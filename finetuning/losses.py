@@ -15,6 +15,16 @@ def full_precision(tensor):
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
+def no_autocast(tensor):
+    """A context where autocast is off on ``tensor``'s device (use with :func:`full_precision` inputs).
+
+    Promoting the inputs is not enough: under ``torch.autocast`` a matrix product of float32 tensors still runs
+    in bf16/fp16. The similarity matrix of a contrastive loss must not: at temperature 0.05, bf16's 8-bit
+    mantissa puts errors of about 0.08 on the logits.
+    """
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
 def _global_views(z1, z2):
     """Gathered views and the global row offset of this process's samples."""
     if z1.shape != z2.shape:
@@ -41,10 +51,16 @@ def nt_xent_loss(z1, z2, temperature=0.1, normalize=True):
     Returns
     -------
     torch.Tensor
-        Scalar: the mean over this process's ``2n`` anchors.
+        Scalar: the mean over this process's ``2n`` anchors, computed in float32 (float64 for float64 inputs)
+        even under autocast: bf16/fp16 inputs are promoted and autocast is off for the similarity matrix.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    with no_autocast(z1):
+        return _nt_xent(full_precision(z1), full_precision(z2), temperature, normalize)
+
+
+def _nt_xent(z1, z2, temperature, normalize):
     if normalize:
         z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     g1, g2, offset = _global_views(z1, z2)
@@ -57,7 +73,7 @@ def nt_xent_loss(z1, z2, temperature=0.1, normalize=True):
     positive = torch.cat([local + total, local])
     is_self = torch.zeros_like(logits, dtype=torch.bool)
     is_self[torch.arange(2 * n, device=z1.device), self_index] = True
-    return F.cross_entropy(full_precision(logits).masked_fill(is_self, float("-inf")), positive)
+    return F.cross_entropy(logits.masked_fill(is_self, float("-inf")), positive)
 
 
 def koleo_loss(z1, z2, eps=1e-8):
@@ -66,8 +82,13 @@ def koleo_loss(z1, z2, eps=1e-8):
     ``d_nn`` is each anchor's Euclidean distance to its nearest neighbour among the global batch, ignoring the
     anchor itself and the other view of the same image (a match is *supposed* to be close). Minimising it
     spreads the descriptors uniformly over the sphere, which helps nearest-neighbour search separate images.
-    Embeddings are L2-normalised first.
+    Embeddings are L2-normalised first; computed in float32 (or float64) even under autocast.
     """
+    with no_autocast(z1):
+        return _koleo(full_precision(z1), full_precision(z2), eps)
+
+
+def _koleo(z1, z2, eps):
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     g1, g2, offset = _global_views(z1, z2)
     n, total = z1.shape[0], g1.shape[0]
@@ -75,7 +96,7 @@ def koleo_loss(z1, z2, eps=1e-8):
     anchors = torch.cat([z1, z2], dim=0)
     local = torch.arange(n, device=z1.device) + offset
     rows = torch.arange(2 * n, device=z1.device)
-    distances = torch.cdist(full_precision(anchors), full_precision(keys))
+    distances = torch.cdist(anchors, keys)
     with torch.no_grad():
         masked = distances.detach().clone()
         masked[rows, torch.cat([local, local + total])] = float("inf")

@@ -57,11 +57,13 @@ class TrainingModel(nn.Module):
     """Normalisation of [0, 1] inputs, the descriptor network and (SimCLR mode) the projection head.
 
     ``forward(x)`` returns what the loss uses (the projection in SimCLR mode, the descriptor otherwise);
-    :meth:`descriptor` returns what is searched.
+    :meth:`descriptor` returns what is searched. ``freeze_bn`` keeps every batch-norm layer in evaluation mode
+    (running statistics of the start, used and not updated) while its affine parameters train.
     """
 
-    def __init__(self, net, head=None, freeze_backbone=False):
+    def __init__(self, net, head=None, freeze_backbone=False, freeze_bn=False):
         super().__init__()
+        self.freeze_bn = bool(freeze_bn)
         self.net, self.head = net, head
         pre = getattr(net, "preprocessing", None) or {}
         mean, std = pre.get("mean"), pre.get("std")
@@ -79,6 +81,12 @@ class TrainingModel(nn.Module):
         super().train(mode)
         if self.freeze_backbone:
             self.net.backbone.eval()     # a frozen trunk keeps its batch-norm statistics too
+        if self.freeze_bn and mode:
+            # pretrained running statistics kept (small, heavily edited batches would overwrite them); the
+            # affine parameters still train
+            for module in self.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def normalize_input(self, x):
@@ -89,9 +97,12 @@ class TrainingModel(nn.Module):
     def descriptor(self, x):
         return self.net(self.normalize_input(x))
 
-    def forward(self, x):
+    def forward(self, x, with_descriptor=False):
+        """What the loss uses; with ``with_descriptor`` the pair ``(loss output, descriptor)`` (one pass, for a
+        regulariser on the searched descriptor; a keyword of ``forward`` so that DDP sees the call)."""
         out = self.descriptor(x)
-        return self.head(out) if self.head is not None else out
+        loss_out = self.head(out) if self.head is not None else out
+        return (loss_out, out) if with_descriptor else loss_out
 
 
 def backbone_name(config):

@@ -36,6 +36,7 @@ from .data import ImageBank, TripletDataset, TwoViewDataset
 from .lars import LARS, lars_param_groups
 from .losses import full_precision, koleo_loss, nt_xent_loss, triplet_loss
 from .models import TrainingModel, build_networks, read_checkpoint, save_training_checkpoint, start_kind
+from .regularizers import StartSnapshot, feature_distillation_loss, l2sp_penalty
 from .schedules import WarmupCosine, sqrt_batch_lr
 from .syncbn import convert_sync_batchnorm
 from .validation import build_validation_set, evaluate_retrieval
@@ -127,33 +128,80 @@ class LossSpec:
     temperature: float = 0.1
     koleo_weight: float = 0.0
     margin: float = 0.2
+    l2sp_weight: float = 0.0
+    distill_weight: float = 0.0
 
 
-def compute_loss(model, batch, spec):
+@dataclass
+class StartRegularizer:
+    """The regularisers toward the starting model (:mod:`finetuning.regularizers`) of a run.
+
+    ``net`` is the trained descriptor network (unwrapped), ``snapshot`` its starting parameters, ``teacher`` a
+    frozen :class:`TrainingModel` of the starting network (feature distillation only).
+    """
+
+    net: torch.nn.Module
+    snapshot: StartSnapshot
+    teacher: torch.nn.Module = None
+
+    @classmethod
+    def for_model(cls, training_model, spec):
+        """``None`` when neither ``spec.l2sp_weight`` nor ``spec.distill_weight`` is set."""
+        if not spec.l2sp_weight and not spec.distill_weight:
+            return None
+        snapshot = StartSnapshot(training_model.net, keep_network=bool(spec.distill_weight))
+        teacher = TrainingModel(snapshot.network).eval() if spec.distill_weight else None
+        return cls(training_model.net, snapshot, teacher)
+
+    def to(self, device):
+        self.snapshot.to(device)
+        if self.teacher is not None:
+            self.teacher = self.teacher.to(device)
+        return self
+
+
+def compute_loss(model, batch, spec, regularizer=None):
     """Loss of one batch; all views go through the model in one forward pass (one DDP reduction, one set of
     batch statistics over the global batch).
+
+    ``regularizer`` (a :class:`StartRegularizer`) adds ``spec.l2sp_weight`` x L2-SP and ``spec.distill_weight`` x
+    feature distillation of the descriptors of every view toward the frozen start.
 
     Returns
     -------
     (torch.Tensor, dict)
-        The scalar loss and its parts as floats (``nt_xent``, ``koleo``, ``triplet``).
+        The scalar loss and its unweighted parts as floats (``nt_xent``, ``koleo``, ``triplet``, ``l2sp``: the
+        squared distance to the start, ``distill``).
     """
+    distill = regularizer is not None and regularizer.teacher is not None and spec.distill_weight
+    views = batch[:3] if spec.mode == "triplet" else batch[:2]
+    inputs = torch.cat(list(views))
+    if distill:
+        out, descriptor = model(inputs, with_descriptor=True)
+    else:
+        out = model(inputs)
     if spec.mode == "triplet":
-        anchor, positive, negative = batch[0], batch[1], batch[2]
-        out = model(torch.cat([anchor, positive, negative]))
         a, p, n = full_precision(out).chunk(3)
         loss = triplet_loss(a, p, n, margin=spec.margin)
-        return loss, {"triplet": float(loss.detach())}
-    view1, view2 = batch[0], batch[1]
-    out = model(torch.cat([view1, view2]))
-    z1, z2 = full_precision(out).chunk(2)
-    contrastive = nt_xent_loss(z1, z2, temperature=spec.temperature)
-    parts = {"nt_xent": float(contrastive.detach())}
-    loss = contrastive
-    if spec.koleo_weight:
-        koleo = koleo_loss(z1, z2)
-        loss = loss + spec.koleo_weight * koleo
-        parts["koleo"] = float(koleo.detach())
+        parts = {"triplet": float(loss.detach())}
+    else:
+        z1, z2 = full_precision(out).chunk(2)
+        loss = nt_xent_loss(z1, z2, temperature=spec.temperature)
+        parts = {"nt_xent": float(loss.detach())}
+        if spec.koleo_weight:
+            koleo = koleo_loss(z1, z2)
+            loss = loss + spec.koleo_weight * koleo
+            parts["koleo"] = float(koleo.detach())
+    if distill:
+        with torch.no_grad():
+            target = regularizer.teacher.descriptor(inputs)
+        term = feature_distillation_loss(descriptor, target)
+        loss = loss + spec.distill_weight * term
+        parts["distill"] = float(term.detach())
+    if regularizer is not None and spec.l2sp_weight:
+        distance2 = l2sp_penalty(regularizer.net, regularizer.snapshot, 2.0)      # sum ||w - w0||^2
+        loss = loss + 0.5 * spec.l2sp_weight * distance2
+        parts["l2sp"] = float(distance2.detach())
     return loss, parts
 
 
@@ -307,7 +355,8 @@ class Trainer:
     def __init__(self, config, info, device):
         self.config, self.info, self.device = config, info, device
         self.log_dir = Path(config.log_dir)
-        self.spec = LossSpec(config.mode, config.loss_temperature, config.koleo, config.margin)
+        self.spec = LossSpec(config.mode, config.loss_temperature, config.koleo, config.margin,
+                             l2sp_weight=config.l2sp_weight, distill_weight=config.distill_weight)
 
     # ---------------------------------------------------------------------------------------------- setup
     def _start(self):
@@ -355,8 +404,13 @@ class Trainer:
         seed_everything(config.seed)
         net, head, self.start_info = build_networks(config)
         self.net = net
-        self.training_model = TrainingModel(net, head, freeze_backbone=config.freeze_backbone)
+        self.training_model = TrainingModel(net, head, freeze_backbone=config.freeze_backbone,
+                                            freeze_bn=config.freeze_bn)
         self.model = prepare_model(self.training_model, self.info, self.device)
+        # the anchor of L2-SP / distillation: the start, before any step (a resumed run rebuilds it identically)
+        self.regularizer = StartRegularizer.for_model(self.training_model, self.spec)
+        if self.regularizer is not None:
+            self.regularizer.to(self.device)
         report = SkipReport()
         self.bank = load_training_bank(config, report)
         transform = make_transform(config)
@@ -444,9 +498,10 @@ class Trainer:
         if self.start_epoch == 1 and self.val_set is not None and main and not self.history:
             record = {"epoch": 0, **self._validate()}
             self.history.append(record)
-            self.best = {"epoch": 0, "value": record["recall@1"], "checkpoint": None}
+            self.best = {"epoch": 0, "value": self._selection_value(record), "checkpoint": None}
             self._log_scalars(writer, record, 0)
-            logger.info("epoch 0 (starting model): validation recall@1 %.4f", record["recall@1"])
+            logger.info("epoch 0 (starting model): validation recall@1 %.4f, muAP %.4f", record["recall@1"],
+                        record.get("val_muap", float("nan")))
         loop_started, self.stopped_early = time.time(), None
         for epoch in range(self.start_epoch, config.epochs + 1):
             if config.max_minutes is not None and epoch > self.start_epoch:
@@ -468,8 +523,9 @@ class Trainer:
             if main:
                 self.history.append(record)
                 path = self.run_dir / f"epoch_{epoch}.pth"
-                if "recall@1" in record and (self.best is None or record["recall@1"] > self.best["value"]):
-                    self.best = {"epoch": epoch, "value": record["recall@1"], "checkpoint": str(path)}
+                value = self._selection_value(record)
+                if value is not None and (self.best is None or value > self.best["value"]):
+                    self.best = {"epoch": epoch, "value": value, "checkpoint": str(path)}
                 elif self.val_set is None:
                     self.best = {"epoch": epoch, "value": None, "checkpoint": str(path)}
                 self._save(path, epoch)
@@ -489,7 +545,8 @@ class Trainer:
                 logger.info("the experiment stays unfinished: continue it with --resume and a larger --max_minutes")
             elif getattr(self, "experiment", None) is not None:
                 self.experiment.finish(best_epoch=self.best["epoch"] if self.best else None,
-                                       best_recall_at_1=self.best["value"] if self.best else None,
+                                       best_value=self.best["value"] if self.best else None,
+                                       best_metric=self.config.select_metric,
                                        run_dir=str(self.run_dir))
             else:
                 logger.info("the experiment record of %s was already finished; left as is", self.log_dir)
@@ -504,7 +561,7 @@ class Trainer:
         for batch in self.loader:
             batch = [item.to(self.device, non_blocking=True) for item in batch[:-1]]
             with autocast_context(config, self.device):
-                loss, parts = compute_loss(self.model, batch, self.spec)
+                loss, parts = compute_loss(self.model, batch, self.spec, self.regularizer)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {float(loss)} at epoch {epoch}, step "
                                          f"{self.global_step}; lower --lr or use --precision fp32")
@@ -550,10 +607,16 @@ class Trainer:
         out["val_seconds"] = float(time.time() - started)
         return out
 
+    def _selection_value(self, record):
+        """The validation metric that selects the best epoch (``--select_metric``), ``None`` when not validated."""
+        key = "recall@1" if self.config.select_metric == "recall@1" else f"val_{self.config.select_metric}"
+        return record.get(key) if "recall@1" in record else None
+
     def _log_scalars(self, writer, record, step):
         if writer is None:
             return
         names = {"train_loss": "loss/train", "train_nt_xent": "loss/nt_xent", "train_koleo": "loss/koleo",
+                 "train_l2sp": "loss/l2sp_distance2", "train_distill": "loss/distill",
                  "train_triplet": "loss/triplet", "lr": "lr", "recall@1": "val/recall@1",
                  "val_recall@5": "val/recall@5", "val_recall@10": "val/recall@10", "val_muap": "val/muap",
                  "epoch_seconds": "time/epoch_seconds"}
@@ -588,7 +651,7 @@ class Trainer:
                 path.unlink(missing_ok=True)
 
     def _write_best(self):
-        summary = {"metric": "validation recall@1" if self.val_set is not None else None,
+        summary = {"metric": f"validation {self.config.select_metric}" if self.val_set is not None else None,
                    "best_epoch": self.best["epoch"] if self.best else None,
                    "best_value": self.best["value"] if self.best else None,
                    "best_checkpoint": self.best["checkpoint"] if self.best else None,

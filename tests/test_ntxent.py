@@ -100,3 +100,42 @@ def test_triplet_loss_matches_torch_and_hand_values():
     a1, p1, n1 = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
     assert triplet_loss(a1, p1, n1, margin=1.5).item() == pytest.approx(0.5)
     assert triplet_loss(a1, p1, n1, margin=0.5).item() == 0.0
+
+
+def _bf16_product_loss(z1, z2, temperature):
+    """The former implementation: the similarity matrix computed under autocast (bf16 on CPU), the cross entropy
+    on its float32 copy. Kept here to show that the test below detects it."""
+    z1, z2 = torch.nn.functional.normalize(z1, dim=1), torch.nn.functional.normalize(z2, dim=1)
+    n = len(z1)
+    anchors = torch.cat([z1, z2])
+    logits = (anchors @ anchors.t() / temperature).float()
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool), float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+
+
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+def test_nt_xent_similarities_stay_float32_under_bf16_autocast(input_dtype):
+    rng = np.random.default_rng(6)
+    n, d, temperature = 32, 128, 0.05
+    base = rng.normal(size=(n, d))
+    z1 = torch.tensor(base, dtype=torch.float32).to(input_dtype)
+    z2 = torch.tensor(base + 3.0 * rng.normal(size=(n, d)), dtype=torch.float32).to(input_dtype)
+    # the reference sees exactly the values the loss receives (bf16 inputs are exact in float64)
+    expected = reference_nt_xent(z1.double().numpy(), z2.double().numpy(), temperature)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = nt_xent_loss(z1, z2, temperature=temperature)
+        old = _bf16_product_loss(z1, z2, temperature)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # the bf16 similarity matrix misses by over 100x that tolerance (logit errors of ~0.05 at temperature 0.05)
+    assert abs(old.item() - expected) > 100 * 1e-6 * expected
+
+
+def test_koleo_distances_stay_float32_under_bf16_autocast():
+    rng = np.random.default_rng(7)
+    z1 = torch.tensor(rng.normal(size=(16, 64)), dtype=torch.float32)
+    z2 = torch.tensor(rng.normal(size=(16, 64)), dtype=torch.float32)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        got = koleo_loss(z1, z2, eps=0.0)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(reference_koleo(z1.double().numpy(), z2.double().numpy()), rel=1e-5)
