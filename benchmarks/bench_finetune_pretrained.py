@@ -202,36 +202,21 @@ def negative_columns(data, seed):
 
 # ------------------------------------------------------------------------------------------------ metrics
 
-def tie_aware_recall_at_1(distances, db_identities, query_identities):
-    """Recall@1 with exact ties handled: ``(pessimistic, expected)`` over the queries that have an original.
-
-    Pessimistic: a hit only when every database image at the smallest distance is a correct one. Expected: the
-    fraction of the images tied at the smallest distance that are correct (random tie-breaking).
-    """
-    db = np.asarray(db_identities)
-    correct = db[None, :] == np.asarray(query_identities)[:, None]
-    at_best = distances == distances.min(axis=1, keepdims=True)
-    n_best = at_best.sum(axis=1)
-    n_correct = (at_best & correct).sum(axis=1)
-    positive = correct.any(axis=1)
-    if not positive.any():
-        return float("nan"), float("nan")
-    pessimistic = (n_correct == n_best) & (n_correct > 0)
-    return float(pessimistic[positive].mean()), float((n_correct / n_best)[positive].mean())
-
-
 def scores(distances, db_identities, query_identities):
-    """recall@1 (pessimistic and expected under ties), recall@10 and µAP of a ``[nq, ndb]`` distance matrix."""
-    from fast_search.metrics import candidate_pairs, micro_average_precision, recall_at_k
+    """recall@1 (pessimistic about ties, and expected under random tie-breaking), recall@10 (pessimistic) and µAP
+    of a ``[nq, ndb]`` distance matrix, with the shared tie-aware metrics of :mod:`fast_search.metrics`."""
+    from fast_search import metrics as M
 
-    k = min(K, distances.shape[1])
-    neighbors = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    neighbors = np.argsort(distances, axis=1, kind="stable")  # every column: the tie groups are complete
     nearest = np.take_along_axis(distances, neighbors, axis=1)
-    pessimistic, expected = tie_aware_recall_at_1(distances, db_identities, query_identities)
-    pairs = candidate_pairs(nearest, neighbors, db_identities, query_identities)
-    return {"recall@1": pessimistic, "recall@1_expected": expected,
-            "recall@10": recall_at_k(neighbors, db_identities, query_identities, k=k),
-            "muap": micro_average_precision(*pairs), "nq": int(len(query_identities))}
+    positive = M.has_original(db_identities, query_identities)
+    n_db = distances.shape[1]
+    hits1, expected1, _, _ = M.tie_aware_hits(nearest, neighbors, db_identities, query_identities, 1, n_db)
+    hits10 = M.tie_aware_hits(nearest, neighbors, db_identities, query_identities, min(10, n_db), n_db)[0]
+    pairs = M.candidate_pairs(nearest, neighbors, db_identities, query_identities, k=min(K, n_db))
+    mean = (lambda values: float(values[positive].mean())) if positive.any() else (lambda values: float("nan"))
+    return {"recall@1": mean(hits1), "recall@1_expected": mean(expected1), "recall@10": mean(hits10),
+            "muap": M.micro_average_precision(*pairs), "nq": int(len(query_identities))}
 
 
 def family_groups(families, held_out):
