@@ -87,6 +87,14 @@ def build_parser():
     parser.add_argument("--calibration-k", type=_positive, default=512,
                         help="non-copies are counted among each calibration copy's k nearest images "
                              "(default: %(default)s)")
+    parser.add_argument("--verify-with", default=None, metavar="MODEL",
+                        help="cascade: the hash of --algo shortlists pairs, this model (e.g. EfficientNet-Lite0) "
+                             "verifies them; only the shortlisted images are embedded")
+    parser.add_argument("--shortlist-precision", type=_fraction, default=0.5,
+                        help="cascade: the hash shortlist radius is the calibrated hash threshold at this (low) "
+                             "precision (default: %(default)s)")
+    parser.add_argument("--shortlist-distance", type=float, default=None,
+                        help="cascade: explicit shortlist radius in bits (needed with --min-similarity)")
     parser.add_argument("--grouping", choices=GROUPINGS, default="star",
                         help="star: the best image takes every image within the threshold of it (no chaining; "
                              "every removed image is a direct match of the kept one); components: connected "
@@ -172,7 +180,7 @@ def _format_threshold(featurizer, threshold):
 
 def run_find(path=None, reference=None, algo=DEFAULT_ALGO, weights="pretrained", max_distance=None,
              min_similarity=None, precision=0.99, calibration_sample=100, edit_families=None, calibration_k=512,
-             grouping="star", output=None, move_to=None, symlink_to=None, list_to_remove=None, apply=False,
+             verify_with=None, shortlist_precision=0.5, shortlist_distance=None, grouping="star", output=None, move_to=None, symlink_to=None, list_to_remove=None, apply=False,
              undo=None, workers=1, batch_size=32, html_limit=2000, device="auto", seed=0, force=False,
              log_level="INFO", config=None, argv=None, echo=print):
     """Everything ``find_duplicates.py`` does; returns a summary dict (also written as ``summary.json``)."""
@@ -212,26 +220,36 @@ def run_find(path=None, reference=None, algo=DEFAULT_ALGO, weights="pretrained",
     if not paths or (reference and not ref_paths):
         raise ValueError("no readable image to compare")
 
-    threshold = explicit_threshold(featurizer, max_distance, min_similarity)
     calibration = None
-    tick = time.perf_counter()
-    if threshold is None:
-        cal_paths, cal_features = (ref_paths, ref_features) if reference else (paths, features)
-        calibration = calibrate(featurizer, cal_paths, cal_features, precision=precision,
-                                sample_size=calibration_sample, families=edit_families, seed=seed, k=calibration_k)
-        threshold = calibration.threshold
-    timings["calibration_s"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
+    radius = None
+    if verify_with:
+        a, b, d, radius, threshold, calibration, final, method, cascade_info = _cascade(
+            featurizer, paths, features, ref_paths if reference else None, ref_features if reference else None,
+            verify_with, weights, device, batch_size, max_distance, min_similarity, shortlist_distance,
+            shortlist_precision, precision, calibration_sample, edit_families, seed, calibration_k, timings)
+    else:
+        final, method, cascade_info = featurizer, featurizer.name, None
+        threshold = explicit_threshold(featurizer, max_distance, min_similarity)
+        tick = time.perf_counter()
+        if threshold is None:
+            cal_paths, cal_features = (ref_paths, ref_features) if reference else (paths, features)
+            calibration = calibrate(featurizer, cal_paths, cal_features, precision=precision,
+                                    sample_size=calibration_sample, families=edit_families, seed=seed,
+                                    k=calibration_k)
+            threshold = calibration.threshold
+        timings["calibration_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        if reference:
+            a, b, d = cross_pairs(features, ref_features, threshold, featurizer.binary)
+        else:
+            a, b, d = self_pairs(features, threshold, featurizer.binary)
+        timings["pairs_s"] = time.perf_counter() - tick
     if reference:
-        a, b, d = cross_pairs(features, ref_features, threshold, featurizer.binary)
         all_paths = paths + ref_paths
         pair_a, pair_b = a, b + len(paths)
     else:
-        a, b, d = self_pairs(features, threshold, featurizer.binary)
         all_paths = paths
         pair_a, pair_b = a, b
-    timings["pairs_s"] = time.perf_counter() - tick
 
     involved = sorted(set(pair_a.tolist()) | set(pair_b.tolist()))
     infos = [None] * len(all_paths)
@@ -244,17 +262,16 @@ def run_find(path=None, reference=None, algo=DEFAULT_ALGO, weights="pretrained",
         filled = [info or act.FileInfo(all_paths[row], 0, 0, 0, float("inf")) for row, info in enumerate(infos)]
         groups = make_groups(len(all_paths), pair_a, pair_b, filled, grouping)
 
-    method = featurizer.name
-    scores = score_of(d, featurizer.binary)
+    scores = score_of(d, final.binary)
     pair_rows = [(all_paths[x], all_paths[y], s, method) for x, y, s in zip(pair_a.tolist(), pair_b.tolist(),
                                                                             scores.tolist())]
     lookup = {(x, y): s for x, y, s in zip(pair_a.tolist(), pair_b.tolist(), scores.tolist())}
     lookup.update({(y, x): s for (x, y), s in list(lookup.items())})
-    write_pairs_csv(folder / "pairs.csv", pair_rows, featurizer.score_name)
+    write_pairs_csv(folder / "pairs.csv", pair_rows, final.score_name)
     write_groups_json(folder / "groups.json", groups, infos, "star" if reference else grouping,
-                      _threshold_value(featurizer, threshold), featurizer.score_name, method, lookup)
+                      _threshold_value(final, threshold), final.score_name, method, lookup)
     write_review_html(folder / "review.html", pair_rows, {all_paths[row]: infos[row] for row in involved},
-                      featurizer.score_name, method, limit=html_limit)
+                      final.score_name, method, limit=html_limit)
 
     removable = [all_paths[row] for row in act.to_remove(groups)]
     removable_bytes = sum(infos[row].bytes for row in act.to_remove(groups))
@@ -274,14 +291,15 @@ def run_find(path=None, reference=None, algo=DEFAULT_ALGO, weights="pretrained",
 
     summary = {
         "images": len(paths), "reference_images": len(ref_paths), "algorithm": method,
-        "threshold": _threshold_value(featurizer, threshold), "threshold_source":
+        "threshold": _threshold_value(final, threshold), "shortlist_distance": radius, "cascade": cascade_info,
+        "threshold_source":
             "calibrated" if calibration else "explicit", "pairs": int(len(d)), "groups": len(groups),
         "grouping": "star" if reference else grouping, "not_kept": len(removable), "not_kept_bytes": removable_bytes,
         "timings": timings, "total_s": time.perf_counter() - started, "actions": action_summary,
         "calibration": calibration.as_dict() if calibration else None,
     }
     write_json(folder / "summary.json", summary)
-    _print_summary(echo, summary, featurizer, threshold, calibration, folder, bool(reference))
+    _print_summary(echo, summary, final, threshold, calibration, folder, bool(reference))
     experiment.finish(pairs=int(len(d)), groups=len(groups))
     return summary
 
@@ -298,6 +316,11 @@ def _print_summary(echo, summary, featurizer, threshold, calibration, folder, re
                                             if reference else "")
     echo(f"{what}, {summary['algorithm']}, threshold: {_format_threshold(featurizer, threshold)} "
          f"({summary['threshold_source']})")
+    if summary["cascade"]:
+        info = summary["cascade"]
+        echo(f"cascade: {info['model_images']} of {info['images']} images embedded by the model "
+             f"({info['model_fraction']:.1%}), shortlist {info['shortlisted_pairs']} pairs within "
+             f"{summary['shortlist_distance']:g} bits")
     if calibration:
         echo(f"calibration: {calibration.n_copies} edited copies of {calibration.n_sample} of your images; at this "
              f"threshold expected precision {calibration.precision:.3f} (target {calibration.target_precision}), "
@@ -316,3 +339,50 @@ def _print_summary(echo, summary, featurizer, threshold, calibration, folder, re
                  f"{actions['undo']}")
     if actions.get("list"):
         echo(f"list of images not kept: {actions['list']}")
+
+
+def _cascade(hasher, paths, features, ref_paths, ref_features, verify_with, weights, device, batch_size,
+             max_distance, min_similarity, shortlist_distance, shortlist_precision, precision, calibration_sample,
+             edit_families, seed, calibration_k, timings):
+    from .cascade import EmbeddingCache, calibrate_cascade, cascade_pairs
+
+    if not hasher.binary:
+        raise ValueError(f"--verify-with needs a hash as --algo (the shortlist), got the model {hasher.name}")
+    if max_distance is not None:
+        raise ValueError("in a cascade give --shortlist-distance (bits) and --min-similarity (the model's), "
+                         "not --max-distance")
+    if (min_similarity is None) != (shortlist_distance is None):
+        raise ValueError("an explicit cascade needs both --shortlist-distance and --min-similarity (or neither, "
+                         "to calibrate both)")
+    model = Featurizer(verify_with, weights=weights, device=device, batch_size=batch_size)
+    if model.binary:
+        raise ValueError(f"--verify-with takes a neural model, got the hash {model.name}")
+    cache = EmbeddingCache(model, paths)
+    ref_cache = EmbeddingCache(model, ref_paths) if ref_paths is not None else None
+    calibration = None
+    tick = time.perf_counter()
+    if min_similarity is not None:
+        radius = float(shortlist_distance)
+        threshold = float(explicit_threshold(model, None, min_similarity))
+    else:
+        cal_paths, cal_features = (ref_paths, ref_features) if ref_paths is not None else (paths, features)
+        radius, calibration = calibrate_cascade(
+            hasher, model, cal_paths, cal_features, ref_cache or cache, precision=precision,
+            shortlist_precision=shortlist_precision, sample_size=calibration_sample, families=edit_families,
+            seed=seed, k=calibration_k)
+        threshold = calibration.threshold
+    timings["calibration_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    a, b, d = cascade_pairs(features, cache, radius, threshold, ref_features, ref_cache)
+    timings["pairs_s"] = time.perf_counter() - tick
+    from .pairs import cross_pairs as _cross, self_pairs as _self
+
+    shortlisted = len((_cross(features, ref_features, radius, True) if ref_paths is not None
+                       else _self(features, radius, True))[0])
+    embedded = cache.embedded + (ref_cache.embedded if ref_cache else 0)
+    total = len(paths) + (len(ref_paths) if ref_paths is not None else 0)
+    method = (f"cascade: {hasher.name} <= {radius:g} bits, then {model.name} cosine >= "
+              f"{score_of(threshold, False):.4f}" if np.isfinite(threshold) else f"cascade {hasher.name} + {model.name}")
+    info = {"hash": hasher.name, "model": model.name, "images": total, "model_images": embedded,
+            "model_fraction": embedded / max(1, total), "shortlisted_pairs": shortlisted}
+    return a, b, d, radius, threshold, calibration, model, method, info

@@ -260,3 +260,24 @@ def test_explicit_threshold_must_fit_the_algorithm(small_collection, tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--max-distance" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------- cascade
+
+def test_cascade_pairs_are_hash_shortlist_and_model_verification(small_collection, tmp_path):
+    from dedup.features import Featurizer
+
+    summary, _ = run(small_collection, tmp_path / "out", max_distance=None, verify_with="ResNet18 1x",
+                     weights="random", shortlist_distance=20, min_similarity=0.97)
+    hasher = Featurizer("Phash 64 bits")
+    model = Featurizer("ResNet18 1x", weights="random", device="cpu")
+    paths, codes = hasher.files(sorted(str(p) for p in small_collection.rglob("*.jpg")))
+    vectors = model.images([__import__("helpers.image_io", fromlist=["load_image"]).load_image(p) for p in paths])
+    hd, cos = hamming_matrix(codes, codes), vectors.astype(np.float64) @ vectors.astype(np.float64).T
+    n = len(paths)
+    expected = {frozenset((paths[i], paths[j])) for i in range(n) for j in range(i + 1, n)
+                if hd[i, j] <= 20 and cos[i, j] >= 0.97 - 1e-6}
+    found = {frozenset((row["a"], row["b"])) for row in read_pairs_csv(tmp_path / "out" / "pairs.csv")}
+    assert found == expected
+    shortlisted = {i for i in range(n) for j in range(n) if i != j and hd[i, j] <= 20}
+    assert summary["cascade"]["model_images"] == len(shortlisted) < n
