@@ -101,7 +101,9 @@ def ours_pairs(algo, folder, out, precision, sample, workers):
 
     start = time.perf_counter()
     lines = []
-    summary = run_find(path=str(folder), output=str(out), algo=algo, precision=precision,
+    algo, _, verify = algo.partition("+")
+    summary = run_find(path=str(folder), output=str(out), algo=algo, verify_with=verify or None,
+                       precision=precision,
                        calibration_sample=sample, workers=workers, device="cpu", force=True, echo=lines.append)
     seconds = time.perf_counter() - start
     pairs = {(row["a"], row["b"]) for row in read_pairs_csv(out / "pairs.csv")}
@@ -113,9 +115,10 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "bench_out" / "dedup_peer"), help="work folder")
     parser.add_argument("--originals", type=int, default=50)
     parser.add_argument("--unrelated", type=int, default=100)
-    parser.add_argument("--ours", nargs="+", default=["Phash 64 bits", "EfficientNet-Lite0"],
-                        help="our algorithms (default: %(default)s)")
-    parser.add_argument("--peers", nargs="+", default=list(IMAGEDEDUP_HASHES) + ["CNN"])
+    parser.add_argument("--ours", nargs="*", default=["Phash 64 bits", "EfficientNet-Lite0",
+                                                      "Phash 64 bits+EfficientNet-Lite0"],
+                        help="our algorithms; HASH+MODEL is the cascade (default: %(default)s)")
+    parser.add_argument("--peers", nargs="*", default=list(IMAGEDEDUP_HASHES) + ["CNN"])
     parser.add_argument("--precision", type=float, default=0.99)
     parser.add_argument("--calibration-sample", type=int, default=50)
     parser.add_argument("--workers", type=int, default=2)
@@ -138,10 +141,13 @@ def main(argv=None):
         rows.append(row)
         print(_line(row))
     for algo in args.ours:
-        pairs, seconds, summary, lines = ours_pairs(algo, folder, out / f"ours_{algo.replace(' ', '_')}",
+        pairs, seconds, summary, lines = ours_pairs(algo, folder, out / f"ours_{algo.replace(' ', '_').replace('+', '_then_')}",
                                                     args.precision, args.calibration_sample, args.workers)
-        row = {"method": f"ours {algo} (calibrated, precision {args.precision})", "seconds": seconds,
-               "threshold": summary["threshold"], "calibration": summary["calibration"], "error": None}
+        name = f"cascade {algo.replace('+', ' -> ')}" if "+" in algo else algo
+        row = {"method": f"ours {name} (calibrated, precision {args.precision})", "seconds": seconds,
+               "threshold": summary["threshold"], "shortlist_distance": summary["shortlist_distance"],
+               "cascade": summary["cascade"], "timings": summary["timings"],
+               "calibration": summary["calibration"], "error": None}
         row.update(pair_scores(pairs, truth))
         rows.append(row)
         print(_line(row))

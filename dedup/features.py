@@ -62,6 +62,7 @@ class Featurizer:
             self.dim = int(info["embedding_dim"])
             self.name = info["name"]
             self.meta = dict(info)
+            self.meta["weights_arg"] = str(weights)
         self.meta.update({"binary": self.binary, "metric": self.metric})
 
     @property
