@@ -36,7 +36,15 @@ def build_parser():
     parser.add_argument("--factory", default="Flat",
                         help="FAISS factory string: Flat (exact), IVF1024,Flat, IVF1024,PQ32, HNSW32 ... (binary "
                              "forms for hashes: BFlat, BIVF1024, BHNSW32; float names are translated) "
+                             "'auto' measures Flat / IVF / IVF-PQ / HNSW settings on your images and picks the "
+                             "best copy-detection recall within --memory-budget and --latency-budget-ms "
                              "(default: %(default)s)")
+    parser.add_argument("--memory-budget", default=None, metavar="SIZE",
+                        help="with --factory auto: index memory allowed for --expected-size vectors (2GB, 512MiB)")
+    parser.add_argument("--latency-budget-ms", type=float, default=None,
+                        help="with --factory auto: milliseconds allowed per single-image search")
+    parser.add_argument("--expected-size", type=_positive, default=None,
+                        help="with --factory auto: number of images the index will hold (default: this folder's)")
     parser.add_argument("--nprobe", type=_positive, default=None, help="IVF lists visited per query")
     parser.add_argument("--efsearch", type=_positive, default=None, help="HNSW efSearch")
     threshold = parser.add_mutually_exclusive_group()
@@ -56,7 +64,7 @@ def build_parser():
 
 
 def run_build(path, index, append=False, algo=DEFAULT_ALGO, weights="pretrained", factory="Flat", nprobe=None,
-              efsearch=None, max_distance=None, min_similarity=None, precision=0.99, calibration_sample=100,
+              efsearch=None, memory_budget=None, latency_budget_ms=None, expected_size=None, max_distance=None, min_similarity=None, precision=0.99, calibration_sample=100,
               workers=1, device="auto", seed=0, force=False, log_level="INFO", config=None, argv=None, echo=print):
     from .calibrate import calibrate
     from .features import Featurizer
@@ -90,8 +98,28 @@ def run_build(path, index, append=False, algo=DEFAULT_ALGO, weights="pretrained"
         threshold, calibration = result.threshold, result.as_dict()
     if (Path(folder) / "index.json").exists() and not force:
         raise ValueError(f"{folder} already holds an index; use --append to add images, or --force to rebuild")
+    choice = None
+    if factory == "auto":
+        from .budget import choose_for_collection, format_table, parse_bytes
+
+        budget = parse_bytes(memory_budget) if memory_budget else None
+        chosen, results = choose_for_collection(featurizer, paths, features, n_total=expected_size or len(paths),
+                                                memory_budget=budget, latency_budget_ms=latency_budget_ms,
+                                                seed=seed)
+        echo(format_table(results, chosen, expected_size or len(paths)))
+        if chosen is None:
+            raise ValueError("no index fits the budgets (see the table); raise --memory-budget or "
+                             "--latency-budget-ms")
+        echo(f"chosen: {chosen.label}: recall@1 {chosen.recall_at_1:.3f} on edited copies of your images, "
+             f"{chosen.latency_ms:.2f} ms per query, {chosen.bytes_per_vector:.1f} bytes per vector")
+        factory, nprobe, efsearch = chosen.factory, chosen.nprobe or nprobe, chosen.efsearch or efsearch
+        choice = {"chosen": chosen.as_dict(), "candidates": [c.as_dict() for c in results],
+                  "memory_budget": budget, "latency_budget_ms": latency_budget_ms}
     info = build_from_features(folder, paths, features, featurizer, factory=factory, nprobe=nprobe,
                                efsearch=efsearch, threshold=threshold, calibration=calibration)
+    if choice:
+        info["index_choice"] = choice
+        write_json(Path(folder) / "index.json", info)
     score = info["threshold_score"]
     echo(f"indexed {info['n']} images of {path} with {featurizer.name} ({info['factory']}) in {folder} in "
          f"{time.perf_counter() - started:.1f} s; likely copies: "

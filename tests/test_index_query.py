@@ -131,3 +131,40 @@ def test_query_script_reports_missing_index(tmp_path):
     result = subprocess.run([sys.executable, "query.py", str(tmp_path / "x.png"), "--index", str(tmp_path / "none")],
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "build_index.py" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------- index budget
+
+def test_budget_candidates_measure_copy_detection_recall():
+    from dedup.budget import measure_candidates
+    from fast_search.synthetic import planted_queries
+
+    db = normalize(clustered_database(4000, 32, n_clusters=40, seed=2))
+    queries, targets = planted_queries(db, 200, noise=0.6, seed=3)
+    queries = normalize(queries)
+    results = measure_candidates(db, queries, targets, binary=False, latency_queries=5)
+    exact = np.argmax(queries.astype(np.float64) @ db.astype(np.float64).T, axis=1)
+    flat = next(c for c in results if c.factory == "Flat")
+    assert flat.recall_at_1 == pytest.approx(np.mean(exact == targets))
+    assert 0 < flat.recall_at_1 < 1  # noisy enough that the index choice matters
+    assert flat.bytes_per_vector >= 32 * 4
+    pq = [c for c in results if ",PQ" in c.factory]
+    assert pq and all(c.bytes_per_vector < flat.bytes_per_vector / 4 for c in pq)
+    ivf = sorted((c for c in results if c.factory.endswith(",Flat")), key=lambda c: c.nprobe)
+    assert ivf[-1].recall_at_1 >= ivf[0].recall_at_1
+
+
+def test_choose_respects_the_budgets():
+    from dedup.budget import Candidate, choose, parse_bytes
+
+    flat = Candidate("Flat", recall_at_1=0.90, latency_ms=20.0, bytes_per_vector=5120)
+    ivf = Candidate("IVF1024,Flat", nprobe=16, recall_at_1=0.89, latency_ms=2.0, bytes_per_vector=5200)
+    pq = Candidate("IVF1024,PQ64", nprobe=16, recall_at_1=0.80, latency_ms=1.0, bytes_per_vector=80)
+    results = [flat, ivf, pq]
+    assert choose(results, 10**6) is flat
+    assert choose(results, 10**6, latency_budget_ms=5) is ivf
+    assert choose(results, 10**6, memory_budget=parse_bytes("1GB")) is pq
+    assert choose(results, 10**6, memory_budget=parse_bytes("1MiB")) is None
+    assert parse_bytes("512MiB") == 512 * 2**20
+    with pytest.raises(ValueError, match="cannot read the size"):
+        parse_bytes("lots")
