@@ -281,3 +281,29 @@ def test_cascade_pairs_are_hash_shortlist_and_model_verification(small_collectio
     assert found == expected
     shortlisted = {i for i in range(n) for j in range(n) if i != j and hd[i, j] <= 20}
     assert summary["cascade"]["model_images"] == len(shortlisted) < n
+
+
+# ---------------------------------------------------------------------------------------------------- scale
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_large_self_pairs_memory_mapped_match_brute_force(tmp_path, binary):
+    from dedup.scale import large_self_pairs
+
+    rng = np.random.default_rng(5)
+    if binary:
+        data = random_codes(3000, 64, seed=6)
+        data[2500:] = flip_bits(data[:500], 3, seed=7)
+        threshold, factory = 6.0, "BIVF16"
+        full = hamming_matrix(data, data)
+    else:
+        data = normalize(rng.standard_normal((3000, 32)))
+        data[2500:] = normalize(data[:500] + rng.uniform(0.2, 0.9, (500, 1)) * rng.standard_normal((500, 32)) / np.sqrt(32))
+        threshold, factory = 0.2, "IVF16,SQ8"
+        full = cosine_distance_matrix(data, data)
+    np.save(tmp_path / "f.npy", data)
+    mapped = np.load(tmp_path / "f.npy", mmap_mode="r")
+    a, b, d, info = large_self_pairs(mapped, threshold, binary, factory=factory, nprobe=16, batch_size=700)
+    expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(full <= threshold + 1e-9, 1)))}
+    assert set(zip(a.tolist(), b.tolist())) == expected  # nprobe = nlist: exhaustive, so exact
+    np.testing.assert_allclose(d, full[a, b], atol=1e-5)
+    assert info["factory"] == factory and len(expected) >= 300
