@@ -81,15 +81,27 @@ def calibrate_cascade(hasher, model, paths, hash_features, cache, precision=0.99
     positive[needed] = paired_distances(model_copies[needed], cache.get(sources[needed]), False)
     neg_copy = paired_distances(model_copies[copy_of_pair], cache.get(y), False)
     x = sources[copy_of_pair]
-    hash_xy = paired_distances(hash_features[x], hash_features[y], True)
-    neg_source = np.where(hash_xy <= radius, paired_distances(cache.get(x), cache.get(y), False), np.inf)
-    threshold, reached = choose_threshold(positive, neg_copy, neg_source, target=precision)
+    # "y is a duplicate of x already in the collection" is the model's judgement alone (the better judge)
+    neg_source = paired_distances(cache.get(x), cache.get(y), False)
+    threshold, reached = choose_threshold(positive, neg_copy, neg_source, target=precision,
+                                          cap=_model_cap(rows, cache, len(paths), seed))
     result = summarize(positive, neg_copy, neg_source, copy_families, threshold, precision, reached, len(rows),
                        min(k, len(paths)), kth)
     if not reached:
         logger.warning("the cascade reaches no precision of %.3f here; nothing will be called a duplicate",
                        precision)
     return float(radius), result
+
+
+def _model_cap(rows, cache, n, seed, others=200, quantile=0.01):
+    """The model's bulk cap (see :func:`dedup.calibrate.bulk_cap`), from the sampled images against ``others``
+    random collection images (embedding the whole collection is what the cascade avoids)."""
+    rng = np.random.default_rng(seed + 1)
+    picked = np.sort(rng.choice(n, min(n, others), replace=False))
+    a, b = cache.get(rows), cache.get(picked)
+    distances = 1.0 - a.astype(np.float64) @ b.astype(np.float64).T
+    distances = distances[np.asarray(rows)[:, None] != picked[None, :]]
+    return float(np.quantile(distances, quantile)) if distances.size else np.inf
 
 
 def cascade_pairs(hash_features, cache, radius, threshold, ref_hash=None, ref_cache=None):

@@ -99,6 +99,10 @@ def build_parser():
                         help="star: the best image takes every image within the threshold of it (no chaining; "
                              "every removed image is a direct match of the kept one); components: connected "
                              "components (chains merge) (default: %(default)s)")
+    parser.add_argument("--qdrant", default=None, metavar="LOCATION",
+                        help="search the pairs through a Qdrant vector database instead of FAISS: a folder "
+                             "(embedded mode) or http(s)://HOST:6333 (server or cluster); at most 100 matches per "
+                             "image")
     parser.add_argument("--output", default=None,
                         help="output folder (default: Duplicates/<folder name>); refused if it holds a finished "
                              "run, unless --force")
@@ -180,7 +184,8 @@ def _format_threshold(featurizer, threshold):
 
 def run_find(path=None, reference=None, algo=DEFAULT_ALGO, weights="pretrained", max_distance=None,
              min_similarity=None, precision=0.99, calibration_sample=100, edit_families=None, calibration_k=512,
-             verify_with=None, shortlist_precision=0.5, shortlist_distance=None, grouping="star", output=None, move_to=None, symlink_to=None, list_to_remove=None, apply=False,
+             verify_with=None, shortlist_precision=0.5, shortlist_distance=None, grouping="star", qdrant=None,
+             output=None, move_to=None, symlink_to=None, list_to_remove=None, apply=False,
              undo=None, workers=1, batch_size=32, html_limit=2000, device="auto", seed=0, force=False,
              log_level="INFO", config=None, argv=None, echo=print):
     """Everything ``find_duplicates.py`` does; returns a summary dict (also written as ``summary.json``)."""
@@ -239,7 +244,15 @@ def run_find(path=None, reference=None, algo=DEFAULT_ALGO, weights="pretrained",
             threshold = calibration.threshold
         timings["calibration_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        if reference:
+        if qdrant:
+            from .vectordb import qdrant_cross_pairs, qdrant_self_pairs
+
+            if reference:
+                a, b, d = qdrant_cross_pairs(features, ref_features, threshold, featurizer.binary, featurizer.dim,
+                                             qdrant)
+            else:
+                a, b, d = qdrant_self_pairs(features, threshold, featurizer.binary, featurizer.dim, qdrant)
+        elif reference:
             a, b, d = cross_pairs(features, ref_features, threshold, featurizer.binary)
         else:
             a, b, d = self_pairs(features, threshold, featurizer.binary)

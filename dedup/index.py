@@ -98,9 +98,27 @@ class SavedIndex:
             raise FileNotFoundError(f"no index in {self.folder} (build one with build_index.py)")
         self.info = read_json(self.folder / INFO_FILE)
         self.binary = bool(self.info["binary"])
-        self.index = read_faiss(self.folder / INDEX_FILE, self.binary, mmap=mmap)
-        set_search_params(self.index, self.info.get("nprobe"), self.info.get("efsearch"))
+        self.db = None
+        if self.info.get("vector_db"):
+            from .vectordb import QdrantIndex
+
+            spec = self.info["vector_db"]
+            self.db = QdrantIndex(spec["location"], spec["collection"], self.binary, self.info["dim"])
+            self.index = None
+        else:
+            self.index = read_faiss(self.folder / INDEX_FILE, self.binary, mmap=mmap)
+            set_search_params(self.index, self.info.get("nprobe"), self.info.get("efsearch"))
         self._names = None
+
+    def close(self):
+        """Release the vector database client (an embedded Qdrant folder admits one client at a time)."""
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    @property
+    def ntotal(self):
+        return self.db.count if self.db is not None else int(self.index.ntotal)
 
     @property
     def names(self):
@@ -127,6 +145,8 @@ class SavedIndex:
 
     def search(self, vectors, k):
         """``(distances float64 [nq, k], ids int64 [nq, k])``, lower = closer."""
+        if self.db is not None:
+            return self.db.search(vectors, int(k))
         queries = np.ascontiguousarray(vectors if self.binary else np.asarray(vectors, dtype=np.float32))
         distances, ids = self.index.search(queries, int(k))
         distances = np.asarray(distances, dtype=np.float64)
@@ -161,8 +181,10 @@ def build_index(folder, paths, featurizer, factory="Flat", nprobe=None, efsearch
 
 
 def build_from_features(folder, names, features, featurizer, factory="Flat", nprobe=None, efsearch=None,
-                        threshold=None, calibration=None, train_size=None, seed=0):
-    """:func:`build_index` from features already computed (rows named ``names``)."""
+                        threshold=None, calibration=None, train_size=None, seed=0, qdrant=None):
+    """:func:`build_index` from features already computed (rows named ``names``); with ``qdrant`` (a folder for
+    the embedded mode, or a server / cluster URL) the vectors go to a Qdrant collection named after the index
+    folder instead of a FAISS file."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (folder / "store").glob("part-*") if (folder / "store").exists() else []:
@@ -170,23 +192,35 @@ def build_from_features(folder, names, features, featurizer, factory="Flat", npr
 
         shutil.rmtree(stale)
     dim = featurizer.dim
-    index = new_faiss_index(factory, dim, featurizer.binary)
     started = time.perf_counter()
-    if not index.is_trained:
+    if qdrant:
+        from .vectordb import QdrantIndex
+
+        db = QdrantIndex(qdrant, folder.name, featurizer.binary, dim)
+        db.create(overwrite=True)
+        db.add(features, names)
+        db.close()
+        factory, index = "qdrant", None
+    else:
+        index = new_faiss_index(factory, dim, featurizer.binary)
+    if index is not None and not index.is_trained:
         sample = features
         if train_size and len(features) > train_size:
             rows = np.sort(np.random.default_rng(seed).choice(len(features), int(train_size), replace=False))
             sample = features[rows]
         index.train(np.ascontiguousarray(sample))
-    index.add(np.ascontiguousarray(features))
-    set_search_params(index, nprobe, efsearch)
+    if index is not None:
+        index.add(np.ascontiguousarray(features))
+        set_search_params(index, nprobe, efsearch)
     save_features(folder / _part_name(0), features, names, dict(featurizer.meta, name=featurizer.name),
                   overwrite=True)
-    write_faiss(index, folder / INDEX_FILE, featurizer.binary)
+    if index is not None:
+        write_faiss(index, folder / INDEX_FILE, featurizer.binary)
     info = {
         "algo": featurizer.algo, "name": featurizer.name, "binary": featurizer.binary,
         "metric": featurizer.metric, "dim": dim, "factory": factory, "nprobe": nprobe, "efsearch": efsearch,
-        "n": int(index.ntotal), "parts": [_part_name(0)], "meta": featurizer.meta,
+        "n": int(len(features)), "parts": [_part_name(0)], "meta": featurizer.meta,
+        "vector_db": {"kind": "qdrant", "location": str(qdrant), "collection": folder.name} if qdrant else None,
         "weights": featurizer.meta.get("weights_arg", "pretrained"),
         "threshold_distance": None if threshold is None or not np.isfinite(threshold) else float(threshold),
         "threshold_score": None if threshold is None or not np.isfinite(threshold)
@@ -203,6 +237,13 @@ def append_to_index(folder, paths, featurizer=None, report=None, features=None, 
     Images already in the index (same path) are skipped. Returns the number of rows added.
     """
     saved = SavedIndex(folder)
+    try:
+        return _append(saved, paths, featurizer, report, features, names)
+    finally:
+        saved.close()
+
+
+def _append(saved, paths, featurizer, report, features, names):
     if features is None:
         featurizer = featurizer or saved.featurizer()
         known = set(saved.names)
@@ -213,25 +254,31 @@ def append_to_index(folder, paths, featurizer=None, report=None, features=None, 
     if len(names) == 0:
         return 0
     features = np.ascontiguousarray(features)
-    expected = saved.index.d // 8 if saved.binary else saved.index.d
+    dim = int(saved.info["dim"])
+    expected = dim // 8 if saved.binary else dim
     if features.shape[1] != expected:
         raise ValueError(f"the new features have {features.shape[1]} columns, the index {expected}")
-    before = saved.index.ntotal
-    saved.index.add(features)
+    before = saved.ntotal
+    if saved.db is not None:
+        saved.db.add(features, names)
+    else:
+        saved.index.add(features)
     part = _part_name(len(saved.info["parts"]))
     meta = read_json(Path(saved.folder) / saved.info["parts"][0] / "meta.json")
     save_features(saved.folder / part, features, names, meta, overwrite=True)
-    write_faiss(saved.index, saved.folder / INDEX_FILE, saved.binary)
+    if saved.db is None:
+        write_faiss(saved.index, saved.folder / INDEX_FILE, saved.binary)
+    after = saved.ntotal
     info = dict(saved.info)
     info["parts"] = list(info["parts"]) + [part]
-    info["n"] = int(saved.index.ntotal)
+    info["n"] = int(after)
     write_json(saved.folder / INFO_FILE, info)
-    return int(saved.index.ntotal - before)
+    return int(after - before)
 
 
 def query_index(saved, vectors, query_names, k=10):
     """Ranked neighbours of each query: a list of dicts (query, rank, neighbour, score, likely_copy)."""
-    distances, ids = saved.search(vectors, min(int(k), int(saved.index.ntotal)))
+    distances, ids = saved.search(vectors, min(int(k), saved.ntotal))
     names = saved.names
     rows = []
     for q, name in enumerate(query_names):

@@ -45,6 +45,10 @@ def build_parser():
                         help="with --factory auto: milliseconds allowed per single-image search")
     parser.add_argument("--expected-size", type=_positive, default=None,
                         help="with --factory auto: number of images the index will hold (default: this folder's)")
+    parser.add_argument("--qdrant", default=None, metavar="LOCATION",
+                        help="store the vectors in a Qdrant collection (named after the index) instead of a FAISS "
+                             "file: a folder (embedded mode, no server) or http(s)://HOST:6333 (a server or "
+                             "cluster; QDRANT_API_KEY from the environment)")
     parser.add_argument("--nprobe", type=_positive, default=None, help="IVF lists visited per query")
     parser.add_argument("--efsearch", type=_positive, default=None, help="HNSW efSearch")
     threshold = parser.add_mutually_exclusive_group()
@@ -64,7 +68,7 @@ def build_parser():
 
 
 def run_build(path, index, append=False, algo=DEFAULT_ALGO, weights="pretrained", factory="Flat", nprobe=None,
-              efsearch=None, memory_budget=None, latency_budget_ms=None, expected_size=None, max_distance=None, min_similarity=None, precision=0.99, calibration_sample=100,
+              efsearch=None, qdrant=None, memory_budget=None, latency_budget_ms=None, expected_size=None, max_distance=None, min_similarity=None, precision=0.99, calibration_sample=100,
               workers=1, device="auto", seed=0, force=False, log_level="INFO", config=None, argv=None, echo=print):
     from .calibrate import calibrate
     from .features import Featurizer
@@ -79,7 +83,8 @@ def run_build(path, index, append=False, algo=DEFAULT_ALGO, weights="pretrained"
     if append:
         saved = SavedIndex(folder)
         featurizer = saved.featurizer(device=device, workers=workers)
-        before = saved.index.ntotal
+        before = saved.ntotal
+        saved.close()
         added = append_to_index(folder, paths, featurizer, report)
         report.warn(logger)
         echo(f"appended {added} images to {folder} ({before} -> {before + added} rows, no rebuild) in "
@@ -116,7 +121,7 @@ def run_build(path, index, append=False, algo=DEFAULT_ALGO, weights="pretrained"
         choice = {"chosen": chosen.as_dict(), "candidates": [c.as_dict() for c in results],
                   "memory_budget": budget, "latency_budget_ms": latency_budget_ms}
     info = build_from_features(folder, paths, features, featurizer, factory=factory, nprobe=nprobe,
-                               efsearch=efsearch, threshold=threshold, calibration=calibration)
+                               efsearch=efsearch, threshold=threshold, calibration=calibration, qdrant=qdrant)
     if choice:
         info["index_choice"] = choice
         write_json(Path(folder) / "index.json", info)
@@ -154,7 +159,8 @@ def run_query(images, index, k=10, json=None, nprobe=None, efsearch=None, device
     timings = {}
     tick = time.perf_counter()
     saved = SavedIndex(index_folder(index))
-    set_search_params(saved.index, nprobe, efsearch)
+    if saved.index is not None:
+        set_search_params(saved.index, nprobe, efsearch)
     timings["load_index_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
     featurizer = saved.featurizer(device=device)
@@ -171,7 +177,10 @@ def run_query(images, index, k=10, json=None, nprobe=None, efsearch=None, device
         raise ValueError("no readable query image")
     timings["features_s"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    rows = query_index(saved, vectors, kept, k)
+    try:
+        rows = query_index(saved, vectors, kept, k)
+    finally:
+        saved.close()
     timings["search_s"] = time.perf_counter() - tick
     score = saved.info["score"]
     width = max(len(r["neighbour"]) for r in rows) if rows else 10

@@ -168,3 +168,37 @@ def test_choose_respects_the_budgets():
     assert parse_bytes("512MiB") == 512 * 2**20
     with pytest.raises(ValueError, match="cannot read the size"):
         parse_bytes("lots")
+
+
+# ----------------------------------------------------------------------------------------- vector database
+
+def test_qdrant_embedded_index_matches_faiss(photo_folder, tmp_path):
+    """The same build / append / query through Qdrant's embedded mode gives FAISS's neighbours and scores."""
+    pytest.importorskip("qdrant_client", reason="qdrant-client is in requirements.txt; install it")
+    results = {}
+    for backend in ("faiss", "qdrant"):
+        extra = {"qdrant": str(tmp_path / "qdrant_data")} if backend == "qdrant" else {}
+        folder = str(tmp_path / f"idx_{backend}")
+        run_build(str(photo_folder / "originals"), folder, max_distance=8, workers=1, device="cpu",
+                  echo=lambda *_: None, **extra)
+        run_build(str(photo_folder / "unrelated"), folder, append=True, workers=1, device="cpu",
+                  echo=lambda *_: None)
+        queries = [str(photo_folder / "copies" / f"photo000{i}_text.jpg") for i in range(3)]
+        results[backend] = run_query(queries, folder, k=3, device="cpu", echo=lambda *_: None)["results"]
+    assert SavedIndex(tmp_path / "idx_qdrant").info["vector_db"]["kind"] == "qdrant"
+    key = lambda r: (r["query"], r["distance"], r["neighbour"])  # noqa: E731 - ties may come in either order
+    assert sorted(map(key, results["qdrant"])) == sorted(map(key, results["faiss"]))
+
+
+def test_find_duplicates_through_qdrant_equals_faiss(photo_folder, tmp_path):
+    pytest.importorskip("qdrant_client", reason="qdrant-client is in requirements.txt; install it")
+    from dedup.find import run_find
+    from dedup.report import read_pairs_csv
+
+    pairs = {}
+    for backend in ("faiss", "qdrant"):
+        extra = {"qdrant": str(tmp_path / "qdrant_data")} if backend == "qdrant" else {}
+        run_find(path=str(photo_folder), output=str(tmp_path / backend), max_distance=10, workers=1,
+                 device="cpu", echo=lambda *_: None, **extra)
+        pairs[backend] = {(r["a"], r["b"], r["distance"]) for r in read_pairs_csv(tmp_path / backend / "pairs.csv")}
+    assert pairs["qdrant"] == pairs["faiss"] and pairs["faiss"]
