@@ -307,3 +307,20 @@ def test_large_self_pairs_memory_mapped_match_brute_force(tmp_path, binary):
     assert set(zip(a.tolist(), b.tolist())) == expected  # nprobe = nlist: exhaustive, so exact
     np.testing.assert_allclose(d, full[a, b], atol=1e-5)
     assert info["factory"] == factory and len(expected) >= 300
+
+
+def test_reference_mode_pairs_only_across_and_never_touches_the_reference(small_collection, tmp_path):
+    from dedup.features import Featurizer
+
+    summary, _ = run(small_collection / "copies", tmp_path / "out", reference=str(small_collection / "originals"),
+                     list_to_remove=str(tmp_path / "remove.txt"))
+    hasher = Featurizer("Phash 64 bits")
+    copies, qc = hasher.files(sorted(str(p) for p in (small_collection / "copies").glob("*.jpg")))
+    originals, rc = hasher.files(sorted(str(p) for p in (small_collection / "originals").glob("*.jpg")))
+    d = hamming_matrix(qc, rc)
+    expected = {(copies[i], originals[j]) for i in range(len(copies)) for j in range(len(originals)) if d[i, j] <= 6}
+    found = {(row["a"], row["b"]) for row in read_pairs_csv(tmp_path / "out" / "pairs.csv")}
+    assert found == expected and expected
+    removed = set((tmp_path / "remove.txt").read_text().split())
+    assert removed == {a for a, _ in expected}
+    assert summary["reference_images"] == len(originals)
