@@ -1,14 +1,10 @@
 """``build_index.py`` and ``query.py``: save an index of a collection, append to it, query it."""
 import argparse
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from helpers.image_io import ImageLoadError, SkipReport, list_images, load_image
+from helpers.image_io import SkipReport, list_images
 from helpers.log import get_logger
 from helpers.results import write_json
 
