@@ -60,8 +60,8 @@ def calibrate_cascade(hasher, model, paths, hash_features, cache, precision=0.99
     sources, copy_families, images = make_copies(paths, rows, families, copies_per_family, seed)
     hash_copies = hasher.images(images)
     pos_h, negc_h, negs_h, kth = neighbour_pairs(hash_copies, sources, hash_features, True, k=k)
-    cap = bulk_cap(rows, hash_features, True, k=min(len(paths), max(k, int(np.ceil(0.01 * len(paths))) + 1)))
-    radius, reached = choose_threshold(pos_h, negc_h, negs_h, target=shortlist_precision, cap=cap)
+    hash_cap = bulk_cap(rows, hash_features, True, k=min(len(paths), max(k, int(np.ceil(0.01 * len(paths))) + 1)))
+    radius, reached = choose_threshold(pos_h, negc_h, negs_h, target=shortlist_precision, cap=hash_cap)
     if not reached:
         raise ValueError(f"{hasher.name} reaches no shortlist precision of {shortlist_precision} here; lower "
                          "--shortlist-precision or use the model alone")
@@ -83,10 +83,10 @@ def calibrate_cascade(hasher, model, paths, hash_features, cache, precision=0.99
     x = sources[copy_of_pair]
     # "y is a duplicate of x already in the collection" is the model's judgement alone (the better judge)
     neg_source = paired_distances(cache.get(x), cache.get(y), False)
-    threshold, reached = choose_threshold(positive, neg_copy, neg_source, target=precision,
-                                          cap=_model_cap(rows, cache, len(paths), seed))
+    cap = _model_cap(rows, cache, len(paths), seed)
+    threshold, reached = choose_threshold(positive, neg_copy, neg_source, target=precision, cap=cap)
     result = summarize(positive, neg_copy, neg_source, copy_families, threshold, precision, reached, len(rows),
-                       min(k, len(paths)), kth)
+                       min(k, len(paths)), kth, cap)
     if not reached:
         logger.warning("the cascade reaches no precision of %.3f here; nothing will be called a duplicate",
                        precision)
