@@ -18,8 +18,8 @@ What is measured (:func:`calibrate`):
    original lies within the threshold.
 
 Duplicates already in the collection that are farther than ``t`` from the sampled image count as false pairs:
-the estimate is then conservative (a stricter threshold, lower recall), never optimistic, on collections full of
-duplicates. The precision is the one of "an edited copy of one of my images, matched against my collection"; pairs of two
+the estimate is then conservative (a stricter threshold, lower recall) on collections full of duplicates. The
+precision is the one of "an edited copy of one of my images, matched against my collection"; pairs of two
 unrelated originals of the collection that fall within the threshold are part of ``FP`` through the copies
 (edited copies of ``x`` land near ``y`` when ``x`` and ``y`` are near).
 """
