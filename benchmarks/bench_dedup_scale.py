@@ -8,8 +8,8 @@ edited copies and their originals: ``1 - cos`` log-normal with median 0.09 and 9
 0.91, 5th percentile 0.71). Hash variant (``--binary``): 64-bit codes, copies with a log-normal number of flipped
 bits (median 6).
 
-The search (:func:`dedup.scale.large_self_pairs`, in a fresh process so its peak memory is its own): IVF-PQ (or
-binary IVF) trained on 100K rows, range search in batches from the memory map, exact verification. Printed: n, d,
+The search (:func:`dedup.scale.large_self_pairs`, in a fresh process so its peak memory is its own): IVF-SQ8 by default (or
+binary IVF; ``--factory`` for others) trained on 100K rows, range search in batches from the memory map, exact verification. Printed: n, d,
 index, nprobe, threshold, build and search time, peak resident memory, pairs found, recall of the planted pairs
 that are within the threshold (the approximate search's loss), false pairs among originals, and the load average.
 Saved as ``benchmarks/results/dedup_scale[_binary]_<n>.json``.
