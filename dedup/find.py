@@ -385,6 +385,7 @@ def _cascade(hasher, paths, features, ref_paths, ref_features, verify_with, weig
             seed=seed, k=calibration_k)
         threshold = calibration.threshold
     timings["calibration_s"] = time.perf_counter() - tick
+    calibration_embedded = cache.embedded + (ref_cache.embedded if ref_cache else 0)
     tick = time.perf_counter()
     a, b, d = cascade_pairs(features, cache, radius, threshold, ref_features, ref_cache)
     timings["pairs_s"] = time.perf_counter() - tick
@@ -397,5 +398,7 @@ def _cascade(hasher, paths, features, ref_paths, ref_features, verify_with, weig
     method = (f"cascade: {hasher.name} <= {radius:g} bits, then {model.name} cosine >= "
               f"{score_of(threshold, False):.4f}" if np.isfinite(threshold) else f"cascade {hasher.name} + {model.name}")
     info = {"hash": hasher.name, "model": model.name, "images": total, "model_images": embedded,
-            "model_fraction": embedded / max(1, total), "shortlisted_pairs": shortlisted}
+            "model_fraction": embedded / max(1, total), "shortlisted_pairs": shortlisted,
+            "model_images_for_calibration": calibration_embedded,
+            "model_images_added_by_the_pairs": embedded - calibration_embedded}
     return a, b, d, radius, threshold, calibration, model, method, info
