@@ -1,0 +1,194 @@
+"""``build_index.py`` and ``query.py``: save an index of a collection, append to it, query it."""
+import argparse
+import os
+import time
+from pathlib import Path
+
+from helpers.image_io import SkipReport, list_images
+from helpers.log import get_logger
+from helpers.results import write_json
+
+from .find import DEFAULT_ALGO, _fraction, _positive, explicit_threshold
+
+logger = get_logger(__name__)
+
+
+def build_parser():
+    from helpers.cli import add_common_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="build_index.py",
+        description="Save an index of a folder of images (FAISS index + feature store + index.json with the "
+                    "model, preprocessing, metric and the threshold marking likely copies), or --append images "
+                    "to a saved index without rebuilding it. Query it with query.py.")
+    parser.add_argument("path", help="folder of images (searched recursively)")
+    parser.add_argument("--index", required=True, metavar="NAME",
+                        help="index name (Indexes/NAME) or folder path")
+    parser.add_argument("--append", action="store_true",
+                        help="add the images of PATH that are not indexed yet to the saved index (no rebuild)")
+    parser.add_argument("--algo", default=DEFAULT_ALGO,
+                        help="hash or model of the zoo, as for find_duplicates.py (default: %(default)s)")
+    parser.add_argument("--weights", default="pretrained", help="model weights (default: %(default)s)")
+    parser.add_argument("--factory", default="Flat",
+                        help="FAISS factory string: Flat (exact), IVF1024,Flat, IVF1024,PQ32, HNSW32 ... (binary "
+                             "forms for hashes: BFlat, BIVF1024, BHNSW32; float names are translated) "
+                             "'auto' measures Flat / IVF / IVF-PQ / HNSW settings on your images and picks the "
+                             "best copy-detection recall within --memory-budget and --latency-budget-ms "
+                             "(default: %(default)s)")
+    parser.add_argument("--memory-budget", default=None, metavar="SIZE",
+                        help="with --factory auto: index memory allowed for --expected-size vectors (2GB, 512MiB)")
+    parser.add_argument("--latency-budget-ms", type=float, default=None,
+                        help="with --factory auto: milliseconds allowed per single-image search")
+    parser.add_argument("--expected-size", type=_positive, default=None,
+                        help="with --factory auto: number of images the index will hold (default: this folder's)")
+    parser.add_argument("--qdrant", default=None, metavar="LOCATION",
+                        help="store the vectors in a Qdrant collection (named after the index) instead of a FAISS "
+                             "file: a folder (embedded mode, no server) or http(s)://HOST:6333 (a server or "
+                             "cluster; QDRANT_API_KEY from the environment)")
+    parser.add_argument("--nprobe", type=_positive, default=None, help="IVF lists visited per query")
+    parser.add_argument("--efsearch", type=_positive, default=None, help="HNSW efSearch")
+    threshold = parser.add_mutually_exclusive_group()
+    threshold.add_argument("--max-distance", type=float, default=None,
+                           help="likely copies: within this many bits (hashes)")
+    threshold.add_argument("--min-similarity", type=float, default=None,
+                           help="likely copies: at least this cosine similarity (models)")
+    parser.add_argument("--precision", type=_fraction, default=0.99,
+                        help="calibrated threshold of likely copies, as in find_duplicates.py (default: "
+                             "%(default)s)")
+    parser.add_argument("--calibration-sample", type=_positive, default=100,
+                        help="images edited for the calibration (default: %(default)s)")
+    parser.add_argument("--workers", type=_positive, default=min(4, os.cpu_count() or 1),
+                        help="hashing processes (default: %(default)s)")
+    add_common_arguments(parser, force=True)
+    return parser
+
+
+def run_build(path, index, append=False, algo=DEFAULT_ALGO, weights="pretrained", factory="Flat", nprobe=None,
+              efsearch=None, qdrant=None, memory_budget=None, latency_budget_ms=None, expected_size=None, max_distance=None, min_similarity=None, precision=0.99, calibration_sample=100,
+              workers=1, device="auto", seed=0, force=False, log_level="INFO", config=None, argv=None, echo=print):
+    from .calibrate import calibrate
+    from .features import Featurizer
+    from .index import SavedIndex, append_to_index, build_from_features, index_folder
+
+    folder = index_folder(index)
+    report = SkipReport()
+    paths = [str(p) for p in list_images(path, report=report)]
+    if not paths:
+        raise ValueError(f"no image found in {path}")
+    started = time.perf_counter()
+    if append:
+        saved = SavedIndex(folder)
+        featurizer = saved.featurizer(device=device, workers=workers)
+        before = saved.ntotal
+        saved.close()
+        added = append_to_index(folder, paths, featurizer, report)
+        report.warn(logger)
+        echo(f"appended {added} images to {folder} ({before} -> {before + added} rows, no rebuild) in "
+             f"{time.perf_counter() - started:.1f} s")
+        return {"added": added}
+    featurizer = Featurizer(algo, weights=weights, device=device, workers=workers)
+    paths, features = featurizer.files(paths, report)
+    report.warn(logger)
+    if not paths:
+        raise ValueError("no readable image to index")
+    threshold = explicit_threshold(featurizer, max_distance, min_similarity)
+    calibration = None
+    if threshold is None and len(paths) >= 2:
+        result = calibrate(featurizer, paths, features, precision=precision, sample_size=calibration_sample,
+                           seed=seed)
+        threshold, calibration = result.threshold, result.as_dict()
+    if (Path(folder) / "index.json").exists() and not force:
+        raise ValueError(f"{folder} already holds an index; use --append to add images, or --force to rebuild")
+    choice = None
+    if factory == "auto":
+        from .budget import choose_for_collection, format_table, parse_bytes
+
+        budget = parse_bytes(memory_budget) if memory_budget else None
+        chosen, results = choose_for_collection(featurizer, paths, features, n_total=expected_size or len(paths),
+                                                memory_budget=budget, latency_budget_ms=latency_budget_ms,
+                                                seed=seed)
+        echo(format_table(results, chosen, expected_size or len(paths)))
+        if chosen is None:
+            raise ValueError("no index fits the budgets (see the table); raise --memory-budget or "
+                             "--latency-budget-ms")
+        echo(f"chosen: {chosen.label}: recall@1 {chosen.recall_at_1:.3f} on edited copies of your images, "
+             f"{chosen.latency_ms:.2f} ms per query, {chosen.bytes_per_vector:.1f} bytes per vector")
+        factory, nprobe, efsearch = chosen.factory, chosen.nprobe or nprobe, chosen.efsearch or efsearch
+        choice = {"chosen": chosen.as_dict(), "candidates": [c.as_dict() for c in results],
+                  "memory_budget": budget, "latency_budget_ms": latency_budget_ms}
+    info = build_from_features(folder, paths, features, featurizer, factory=factory, nprobe=nprobe,
+                               efsearch=efsearch, threshold=threshold, calibration=calibration, qdrant=qdrant)
+    if choice:
+        info["index_choice"] = choice
+        write_json(Path(folder) / "index.json", info)
+    score = info["threshold_score"]
+    echo(f"indexed {info['n']} images of {path} with {featurizer.name} ({info['factory']}) in {folder} in "
+         f"{time.perf_counter() - started:.1f} s; likely copies: "
+         + ("none (no threshold)" if score is None else
+            (f"<= {score:g} bits" if featurizer.binary else f"cosine >= {score:.4f}"))
+         + (" (calibrated)" if calibration else " (explicit)"))
+    return info
+
+
+def query_parser():
+    from helpers.cli import add_common_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="query.py",
+        description="Query a saved index (build_index.py) with one or more images: the k nearest indexed "
+                    "images with their scores, as a table and JSON; likely copies (within the index's "
+                    "calibrated threshold) are marked.")
+    parser.add_argument("images", nargs="+", help="query image files (or folders)")
+    parser.add_argument("--index", required=True, metavar="NAME", help="index name (Indexes/NAME) or folder")
+    parser.add_argument("-k", type=_positive, default=10, help="neighbours per query (default: %(default)s)")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE")
+    parser.add_argument("--nprobe", type=_positive, default=None, help="override the index's IVF nprobe")
+    parser.add_argument("--efsearch", type=_positive, default=None, help="override the index's HNSW efSearch")
+    add_common_arguments(parser, seed=False, force=False)
+    return parser
+
+
+def run_query(images, index, k=10, json=None, nprobe=None, efsearch=None, device="auto", log_level="INFO",
+              config=None, argv=None, echo=print):
+    from .index import SavedIndex, index_folder, query_index, set_search_params
+
+    timings = {}
+    tick = time.perf_counter()
+    saved = SavedIndex(index_folder(index))
+    if saved.index is not None:
+        set_search_params(saved.index, nprobe, efsearch)
+    timings["load_index_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    featurizer = saved.featurizer(device=device)
+    timings["load_model_s"] = time.perf_counter() - tick
+    files = []
+    for item in images:
+        files.extend(str(p) for p in list_images(item)) if Path(item).is_dir() else files.append(str(item))
+    tick = time.perf_counter()
+    report = SkipReport()
+    kept, vectors = featurizer.files(files, report)
+    for path, reason in report.items:
+        echo(f"skipped {path}: {reason}")
+    if not kept:
+        raise ValueError("no readable query image")
+    timings["features_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    try:
+        rows = query_index(saved, vectors, kept, k)
+    finally:
+        saved.close()
+    timings["search_s"] = time.perf_counter() - tick
+    score = saved.info["score"]
+    width = max(len(r["neighbour"]) for r in rows) if rows else 10
+    current = None
+    for row in rows:
+        if row["query"] != current:
+            current = row["query"]
+            echo(f"query: {current}")
+            echo(f"  {'rank':>4}  {score:>10}  {'copy?':5}  neighbour")
+        echo(f"  {row['rank']:>4}  {row[score]:>10.4f}  {'yes' if row['likely_copy'] else '':5}  {row['neighbour']}")
+    result = {"index": str(saved.folder), "algorithm": saved.info["name"], "score": score,
+              "threshold": saved.info.get("threshold_score"), "timings": timings, "results": rows}
+    if json:
+        write_json(json, result)
+    return result
