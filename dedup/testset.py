@@ -2,15 +2,16 @@
 truth; and pair precision / recall of a finder's pairs against it.
 
 The ground truth is written as ``ground_truth.csv`` (``query,reference,attack``: an edited copy, its original,
-the edit family; paths relative to the folder), the project's ground-truth file format. Which image is a copy of
-which is read in one place, :func:`read_ground_truth`.
+the edit family; paths relative to the folder), the project's ground-truth file format, written and read by
+:mod:`helpers.ground_truth`.
 """
-import csv
 import itertools
 from pathlib import Path
 
 import numpy as np
 
+from helpers.ground_truth import GROUND_TRUTH_FILE, write_ground_truth
+from helpers.ground_truth import read_ground_truth as shared_read_ground_truth
 from helpers.image_io import load_image
 from helpers.seeding import stable_seed
 
@@ -18,7 +19,7 @@ from .calibrate import edited_copy
 
 #: Everyday duplicate edits: re-encoded, resized, cropped, colour-adjusted, with text added.
 EVERYDAY_FAMILIES = ("jpeg", "scale", "crop", "enhancement", "text")
-GROUND_TRUTH = "ground_truth.csv"
+GROUND_TRUTH = GROUND_TRUTH_FILE
 
 
 def _image(item):
@@ -65,20 +66,16 @@ def build_folder(folder, originals, unrelated, families=EVERYDAY_FAMILIES, seed=
             rows.append((copy_name, name, family))
     for number, item in enumerate(unrelated):
         fit(_image(item)).save(folder / f"unrelated/other{number:04d}.jpg", quality=95)
-    target = folder / GROUND_TRUTH
-    with open(target, "w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["query", "reference", "attack"])
-        writer.writerows(rows)
-    return target
+    # one folder holds originals and copies, so both columns are relative to it (helpers.ground_truth's format)
+    return write_ground_truth(folder / GROUND_TRUTH, rows)
 
 
 def read_ground_truth(folder):
-    """``[(copy, original, family)]`` as absolute resolved paths, from ``folder/ground_truth.csv``."""
+    """``[(copy, original, family)]`` as absolute resolved paths, from ``folder/ground_truth.csv``
+    (:func:`helpers.ground_truth.read_ground_truth`)."""
     folder = Path(folder)
-    with open(folder / GROUND_TRUTH, encoding="utf-8", newline="") as handle:
-        return [(str((folder / row["query"]).resolve()), str((folder / row["reference"]).resolve()), row["attack"])
-                for row in csv.DictReader(handle)]
+    return [(str((folder / query).resolve()), str((folder / reference).resolve()), attack)
+            for query, reference, attack in shared_read_ground_truth(folder / GROUND_TRUTH).rows()]
 
 
 def true_pairs(ground_truth):
