@@ -34,6 +34,9 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
                               ".pbm", ".jfif"})
+#: Files the toolkit itself writes next to images (ground truth, labels, skip lists, chain descriptions): a
+#: listing passes over them without reporting them as skipped.
+TOOLKIT_FILES = frozenset({"ground_truth.csv", "labels.csv", "skipped.txt", "chains.tsv"})
 #: Default decompression-bomb limit (pixels). 200 MP is far above any photograph of the datasets used here.
 DEFAULT_MAX_PIXELS = 200_000_000
 
@@ -216,7 +219,9 @@ def name_problem(path):
 def list_images(folder, recursive=True, report=None):
     """List the image files in ``folder`` in natural sorted order.
 
-    Hidden files and folders are ignored. Everything else that is not returned is recorded, with its reason,
+    Hidden files and folders, and the data files the toolkit writes next to images (:data:`TOOLKIT_FILES`:
+    ``ground_truth.csv``, ``labels.csv``, ``skipped.txt``, ``chains.tsv``), are ignored. Everything else that is
+    not returned is recorded, with its reason,
     in ``report`` when a :class:`SkipReport` is given (so nothing disappears silently): files without an image
     extension, dangling symbolic links and link loops, special files, unreadable sub-folders, names with a line
     break or invalid UTF-8. Symbolic links to folders are followed (each folder listed once).
@@ -264,6 +269,8 @@ def list_images(folder, recursive=True, report=None):
                         pending.append(path)
                 continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                if path.name in TOOLKIT_FILES and not entry.is_symlink():
+                    continue  # the data files the toolkit writes next to images: not images, not skipped either
                 problem = file_problem(path) if entry.is_symlink() else None
                 report.add(path, problem or "not an image file (extension)")
                 continue

@@ -221,3 +221,17 @@ def test_check_max_pixels(value, expected):
 def test_check_max_pixels_refuses(value):
     with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
         check_max_pixels(value)
+
+
+def test_listing_passes_over_the_toolkits_own_files(tmp_path):
+    """ground_truth.csv / labels.csv / skipped.txt / chains.tsv next to images are data, not skipped images;
+    any other non-image file is still reported."""
+    from helpers.image_io import SkipReport, list_images
+    from tests.conftest import synthetic_photo
+
+    synthetic_photo(20, 20).save(tmp_path / "a.png")
+    for name in ("ground_truth.csv", "labels.csv", "skipped.txt", "chains.tsv", "notes.csv"):
+        (tmp_path / name).write_text("x\n")
+    report = SkipReport()
+    assert [p.name for p in list_images(tmp_path, report=report)] == ["a.png"]
+    assert [Path(path).name for path, _ in report.items] == ["notes.csv"]
