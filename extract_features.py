@@ -8,6 +8,8 @@ Examples::
     python3 extract_features.py --checkpoint runs/simclr_models/epoch_10.pth --dataset Kaggle_memes
     python3 extract_features.py --algo "ResNet50 1x" --dataset Kaggle_memes --pca 256 --whiten \\
         --pca-fit-dataset Kaggle_templates --l2-normalize
+    python3 extract_features.py --algo "ResNet50 1x" --dataset Kaggle_memes --pca 256 --pca-fit-dataset Kaggle_templates \
+        --adapt Results/adaptation/<experiment>/run_0/adaptation.pt
     torchrun --nproc_per_node 4 extract_features.py --algo "ResNet152 1x" --dataset Flickr500K --device cuda
 """
 import argparse
@@ -72,6 +74,10 @@ def build_parser():
                         help="multi-layer features: these modules' outputs (names from model.named_modules(), e.g. "
                              "layer2 layer3 layer4 for a ResNet), each average-pooled and L2-normalised, "
                              "concatenated; stored as '<algorithm> layers a+b+c'")
+    parser.add_argument("--adapt", default=None, metavar="CHECKPOINT",
+                        help="also write the features passed through an adaptation module of train_adaptation.py "
+                             "(after --pca / --l2-normalize; train it on those same features) as '<algorithm> "
+                             "[PCA...] adapted <experiment> <run>'")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--list", action="store_true", help="list the known models and hashes, then exit")
     parser.add_argument("--force", action="store_true",
@@ -117,7 +123,8 @@ def main(argv=None):
             weights=args.weights, precision=args.precision, out=args.out or FEATURES_DIR,
             checkpoint=args.checkpoint, name=args.name, force=args.force, l2_normalize=args.l2_normalize,
             pca=args.pca, pca_fit_dataset=args.pca_fit_dataset, whiten=args.whiten, layers=args.layers,
-            seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode)
+            seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode,
+            adapt=args.adapt)
     except (ValueError, FileNotFoundError, WeightsUnavailableError, FeatureStoreError, ImageLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -569,13 +569,23 @@ def _hash_job(specs):
                 hashes_only=True)
 
 
-def _postprocess_suffix(pca, whiten, fit_dataset, l2):
+def _postprocess_suffix(pca, whiten, fit_dataset, l2, adapt=None):
     parts = []
     if pca:
         parts.append(f"PCA{int(pca)}" + (" whitened" if whiten else "") + f" on {fit_dataset}")
     if l2:
         parts.append("L2")
+    if adapt:
+        parts.append(f"adapted {adaptation_name(adapt)}")
     return " ".join(parts)
+
+
+def adaptation_name(path):
+    """Store-name part of an adaptation checkpoint: ``<experiment> <run>`` for ``<experiment>/run_<i>/adaptation.pt``
+    (``train_adaptation.py``'s layout), followed by the file stem when it is not ``adaptation``."""
+    path = Path(str(path))
+    parts = [path.parent.parent.name, path.parent.name] + ([path.stem] if path.stem != "adaptation" else [])
+    return " ".join(part for part in parts if part)
 
 
 def _as_list(value):
@@ -590,7 +600,7 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
                      precision="fp32", out=FEATURES_DIR, checkpoint=None, name=None, force=False,
                      l2_normalize=False, pca=None, pca_fit_dataset=None, whiten=False, layers=None, seed=0,
                      chunk_size=DEFAULT_CHUNK_SIZE, progress=True, max_pixels=DEFAULT_MAX_PIXELS,
-                     fail_after_chunks=None, decode="cpu", nvjpeg_share=None):
+                     fail_after_chunks=None, decode="cpu", nvjpeg_share=None, adapt=None):
     """Extract features of every algorithm on every dataset into the feature store.
 
     Parameters
@@ -643,6 +653,9 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
     nvjpeg_share : float, optional
         With decode 'gpu': share of the JPEGs decoded by nvjpeg, the rest by the workers (default
         :data:`extractor.gpu_decode.DEFAULT_NVJPEG_SHARE`; 0 makes the features equal to the CPU path's).
+    adapt : path, optional
+        An adaptation checkpoint (``train_adaptation.py``): also write ``<name> [PCA...] [L2] adapted <run>``,
+        the module applied after the PCA / L2 steps (it must have been trained on those same features).
 
     Returns
     -------
@@ -672,6 +685,9 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
         raise ValueError("--pca needs --pca-fit-dataset D: the dataset whose features fit the PCA")
     if name and len(algos) + len(checkpoints) != 1:
         raise ValueError("--name applies to a single algorithm or checkpoint")
+    if adapt is not None and not Path(str(adapt)).is_file():
+        raise FileNotFoundError(f"adaptation checkpoint not found: {adapt} (train_adaptation.py writes "
+                                "<save-to>/run_<i>/adaptation.pt)")
 
     specs = list({spec.slug: spec for spec in [resolve_algorithm(a) for a in algos]
                   + [_checkpoint_spec(c) for c in checkpoints]}.values())  # 'Dhash 64 bits' == 'dhash_64_bits'
@@ -699,14 +715,15 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
                             weights=weights, seed=seed, precision=precision, layers=layers, name=name, out=out,
                             force=force, chunk_size=chunk_size, batch_size=batch_size, progress=progress,
                             max_pixels=max_pixels, fail_after_chunks=fail_after_chunks, pca=pca, whiten=whiten,
-                            fit=fit, l2_normalize=l2_normalize, decode=decode, nvjpeg_share=nvjpeg_share)
+                            fit=fit, l2_normalize=l2_normalize, decode=decode, nvjpeg_share=nvjpeg_share,
+                            adapt=adapt)
     finally:
         dist.close()
 
 
 def _extract_all(hashes, neural, resolved, to_extract, listings, dist, device, *, workers, weights, seed, precision,
                  layers, name, out, force, chunk_size, batch_size, progress, max_pixels, fail_after_chunks, pca,
-                 whiten, fit, l2_normalize, decode="cpu", nvjpeg_share=None):
+                 whiten, fit, l2_normalize, decode="cpu", nvjpeg_share=None, adapt=None):
     workers = None if workers is None else int(workers)
     common = dict(out=Path(out), dist=dist, force=force, chunk_size=int(chunk_size), batch_size=int(batch_size),
                   workers=workers, device=device, progress=progress, max_pixels=max_pixels,
@@ -735,14 +752,14 @@ def _extract_all(hashes, neural, resolved, to_extract, listings, dist, device, *
     if not dist.is_main:
         return []
     written = []
-    suffix = _postprocess_suffix(pca, whiten, fit.name if fit else None, l2_normalize)
+    suffix = _postprocess_suffix(pca, whiten, fit.name if fit else None, l2_normalize, adapt)
     requested = {d.name for d in resolved}
     for (algo_name, ds_name), folder in raw.items():
         if ds_name in requested:
             written.append(folder)
             if suffix:
                 written.append(_postprocess(algo_name, ds_name, folder, suffix, raw, pca, whiten, fit, l2_normalize,
-                                            Path(out), force))
+                                            Path(out), force, adapt=adapt))
     return written
 
 
@@ -753,7 +770,7 @@ def _checkpoint_spec(path):
     return CheckpointSpec(path.resolve(), checkpoint_name(path))
 
 
-def _postprocess(algo_name, ds_name, folder, suffix, raw, pca, whiten, fit, l2, out, force):
+def _postprocess(algo_name, ds_name, folder, suffix, raw, pca, whiten, fit, l2, out, force, adapt=None):
     target_name = f"{algo_name} {suffix}"
     target = feature_dir(ds_name, target_name, out)
     source = load_features(folder, mmap=True)
@@ -767,4 +784,20 @@ def _postprocess(algo_name, ds_name, folder, suffix, raw, pca, whiten, fit, l2, 
                       "fit_folder": str(raw[(algo_name, fit.name)])})
     if l2:
         steps.append({"step": "l2"})
+    if adapt:
+        _check_adaptation_input(adapt, source, pca, target_name)
+        steps.append({"step": "adapt", "checkpoint": str(Path(str(adapt)).resolve())})
     return postprocess_store(folder, target, target_name, steps, overwrite=True)
+
+
+def _check_adaptation_input(checkpoint, source, pca, target_name):
+    """The module must receive the features it was trained on: same width (a wrong one is an error)."""
+    from adaptation.models import load_adaptation
+
+    module, info = load_adaptation(checkpoint)
+    width = int(pca) if pca else (source.dim if not source.binary else None)
+    trained_on = info.get("source_name", "?")
+    if width != module.in_dim:
+        raise ValueError(f"adaptation checkpoint {checkpoint} takes {module.in_dim}-d features (it was trained on "
+                         f"'{trained_on}'), but '{target_name}' would give it {width}-d ones; use the same "
+                         "algorithm and --pca as for its training features")
