@@ -101,6 +101,6 @@ def adapt_features(module, features, batch_size=65536, device="cpu"):
     module = module.to(device).eval()
     out = np.empty((n, module.out_dim), dtype=np.float32)
     for start in range(0, n, batch_size):
-        block = torch.from_numpy(np.asarray(features[start:start + batch_size], dtype=np.float32)).to(device)
+        block = torch.from_numpy(np.array(features[start:start + batch_size], dtype=np.float32)).to(device)
         out[start:start + block.shape[0]] = torch.nn.functional.normalize(module(block), dim=1).cpu().numpy()
     return out
