@@ -1,8 +1,9 @@
 """The adaptation function (seed 001): loss, metric, pairs, checkpoints, the script end to end and --adapt."""
 import csv
 import math
+import contextlib
+import io
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,6 +17,15 @@ from adaptation.pairs import PairsError, match_pairs, pair_groups, read_pairs, s
 from fast_search.synthetic import write_store
 from helpers.feature_store import load_features
 from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These models are tiny: one thread is faster than two fighting over a loaded 2-core machine (OpenMP spin)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_info_nce_matches_a_hand_computed_case():
@@ -122,8 +132,14 @@ def _pair_data(root, n=160, d=16, seed=0):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "train_adaptation.py", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=300)
+    """The script's ``main`` in this process (a subprocess re-imports torch, seconds on a shared machine); the
+    script files themselves run in tests/test_scripts_help.py."""
+    from adaptation.train import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 
 def test_train_adaptation_end_to_end_and_adapt_store(tmp_path):

@@ -1,15 +1,16 @@
 """nn_maker (seed 002): selection against numpy brute force, the Fréchet distance, the script end to end."""
 import csv
+import contextlib
+import io
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from data_retrieval.nn_maker import frechet_distance, nearest_in_pool, select
 from fast_search.synthetic import write_store
-from tests.conftest import REPO_ROOT
 
 
 def _brute_force_selection(targets, pool, k, thr):
@@ -41,6 +42,15 @@ def test_selection_matches_numpy_brute_force(block_size):
         assert dist == pytest.approx(expected[row][1], abs=1e-5)
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These models are tiny: one thread is faster than two fighting over a loaded 2-core machine (OpenMP spin)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_pool_smaller_than_k():
     distances, ids = nearest_in_pool(np.eye(3, dtype=np.float32), np.eye(3, dtype=np.float32)[:2], 4,
                                      block_size=1)
@@ -67,8 +77,14 @@ def test_frechet_distance_against_an_independent_formula():
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "nn_maker.py", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=120)
+    """The script's ``main`` in this process (a subprocess re-imports torch, seconds on a shared machine); the
+    script files themselves run in tests/test_scripts_help.py."""
+    from data_retrieval.nn_maker import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 
 def test_nn_maker_end_to_end(tmp_path):

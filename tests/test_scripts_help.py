@@ -9,7 +9,7 @@ from tests.conftest import REPO_ROOT
 SCRIPTS = ["extract_features.py", "search_experiment.py", "process.py", "explore_neighbors.py", "hierarchical.py",
            "DBSCAN.py", "finetune.py", "evaluate_finetuning.py", "demo.py", "data_retrieval/generate_attacks.py",
            "data_retrieval/kaggle_splitter.py", "data_retrieval/build_memes.py", "SimCLRv1/download.py",
-           "SimCLRv2/download.py"]
+           "SimCLRv2/download.py", "train_adaptation.py", "nn_maker.py", "scan.py"]
 
 
 def _run(*args):
