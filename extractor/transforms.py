@@ -4,7 +4,15 @@ Every model of the zoo carries its own preprocessing (as timm does), the seed's:
 
 - ImageNet models: resize to 256x256 (LANCZOS), centre crop 224, ImageNet mean/std normalisation;
 - Inception v3: resize to 299x299; EfficientNet B7: resize to 600x600 (LANCZOS, ImageNet normalisation);
-- SimCLR models: resize the shorter side to 256 (LANCZOS), centre crop 224, inputs in [0, 1] (no normalisation).
+- SimCLR models: resize the shorter side to 256 (LANCZOS), centre crop 224, inputs in [0, 1] (no normalisation);
+
+and the published preprocessing of the models added since:
+
+- EfficientNet-Lite (TF-lite release's scaling): the whole image resized to ``size x size`` (224 / 240 / 260,
+  bilinear), ``(pixels - 127) / 128``;
+- SSCD (its evaluation ``small_288``): shorter side 288 (bilinear), no crop, ImageNet mean/std; images keep their
+  aspect ratio, so a batch may hold several sizes (the extractor runs each size as its own sub-batch);
+- ``timm:`` models: timm's own evaluation transform of the model's pretrained config.
 
 :func:`reference_transform` builds the torchvision ``Compose`` that defines the result. The extractor computes the
 same pixels faster (:class:`ImageTransform`):
@@ -22,6 +30,9 @@ from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The TF-lite release's (pixels - 127) / 128, written as the mean/std of pixels scaled to [0, 1].
+TFLITE_MEAN = (127 / 255,) * 3
+TFLITE_STD = (128 / 255,) * 3
 
 _PIL_FILTERS = {
     "nearest": Image.NEAREST,
@@ -54,7 +65,8 @@ class Preprocessing:
         An int resizes the *shorter side* to this length keeping the aspect ratio (torchvision ``Resize(int)``);
         a pair resizes to exactly ``(height, width)`` (``Resize((h, w))``, aspect ratio not kept).
     crop : int or (height, width), optional
-        Centre crop after the resize (``CenterCrop``); ``None`` for no crop.
+        Centre crop after the resize (``CenterCrop``); ``None`` for no crop. A shorter-side resize without a crop
+        (SSCD's) gives inputs of the images' own aspect ratios (:attr:`variable_size`).
     interpolation : {'lanczos', 'bicubic', 'bilinear', 'nearest'}
         PIL resampling filter of the resize.
     mean, std : tuple of 3 floats, optional
@@ -80,14 +92,18 @@ class Preprocessing:
         if self.mean is not None:
             object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
             object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        if self.crop is None and not isinstance(self.resize, tuple):
-            raise ValueError("a shorter-side resize without a crop gives images of different sizes; add a crop "
-                             "or resize to (height, width)")
+
+    @property
+    def variable_size(self):
+        """True for a shorter-side resize without a crop: every aspect ratio gives its own input size."""
+        return self.crop is None and not isinstance(self.resize, tuple)
 
     @property
     def input_size(self):
-        """``(height, width)`` of the model input."""
-        return self.crop if self.crop is not None else self.resize
+        """``(height, width)`` of the model input; for :attr:`variable_size` that of a square image."""
+        if self.crop is not None:
+            return self.crop
+        return self.resize if isinstance(self.resize, tuple) else (self.resize, self.resize)
 
     def resized_size(self, width, height):
         """``(height, width)`` after the resize of a ``width x height`` image (torchvision's rounding)."""
@@ -105,10 +121,14 @@ class Preprocessing:
             parts = [f"resize shorter side {self.resize} {self.interpolation}"]
         if self.crop is not None:
             parts.append(f"centre crop {self.crop[0]}x{self.crop[1]}")
+        elif self.variable_size:
+            parts.append("no crop (aspect ratio kept)")
         if self.mean is None:
             parts.append("inputs in [0, 1] (no normalisation)")
         elif self.mean == IMAGENET_MEAN and self.std == IMAGENET_STD:
             parts.append("ImageNet mean/std")
+        elif self.mean == TFLITE_MEAN and self.std == TFLITE_STD:
+            parts.append("(x - 127) / 128")
         else:
             parts.append(f"mean {list(self.mean)} std {list(self.std)}")
         return ", ".join(parts)
@@ -122,7 +142,7 @@ class Preprocessing:
             "interpolation": self.interpolation,
             "mean": list(self.mean) if self.mean is not None else None,
             "std": list(self.std) if self.std is not None else None,
-            "input_size": list(self.input_size),
+            "input_size": None if self.variable_size else list(self.input_size),
             "description": self.description(),
         }
 
@@ -141,6 +161,57 @@ def imagenet_preprocessing(resize=(256, 256), crop=224):
 def simclr_preprocessing():
     """The seed's preprocessing of the SimCLR models: shorter side 256, centre crop 224, no normalisation."""
     return Preprocessing(resize=256, crop=224, interpolation="lanczos")
+
+
+def tflite_preprocessing(size):
+    """EfficientNet-Lite's preprocessing: the whole image resized to ``size x size`` (bilinear) and the TF-lite
+    release's ``(pixels - 127) / 128``.
+
+    The release's ImageNet evaluation keeps only the centre ``size / (size + 32)`` of the image; copy detection
+    needs the whole picture (edits at the borders, crops, frames), as SSCD's ``skew`` preprocessing, so nothing is
+    cut off here.
+    """
+    return Preprocessing(resize=(int(size), int(size)), crop=None, interpolation="bilinear", mean=TFLITE_MEAN,
+                         std=TFLITE_STD)
+
+
+def sscd_preprocessing(size=288):
+    """SSCD's evaluation preprocessing (``small_288`` of its README): ``Resize(288)`` (torchvision's default
+    bilinear), no crop, ImageNet mean/std."""
+    return Preprocessing(resize=int(size), crop=None, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def timm_preprocessing(config, model_name="the model"):
+    """timm's evaluation transform (:func:`timm.data.create_transform` with ``is_training=False``) of a data config
+    (:func:`timm.data.resolve_model_data_config`), as a :class:`Preprocessing`.
+
+    timm resizes the shorter side to ``floor(size / crop_pct)`` and centre-crops ``size`` (``crop_mode`` 'center'),
+    or squashes the image to ``floor(size / crop_pct)`` squared before the crop ('squash').
+
+    Raises
+    ------
+    ValueError
+        For timm's 'border' mode and non-square centre crops (not supported here), or an unknown interpolation.
+    """
+    import math
+
+    _, height, width = config["input_size"]
+    crop_pct = config.get("crop_pct") or 0.875
+    mode = config.get("crop_mode") or "center"
+    interpolation = config.get("interpolation") or "bilinear"
+    if interpolation not in _PIL_FILTERS:
+        raise ValueError(f"timm's interpolation {interpolation!r} of {model_name} is not supported "
+                         f"({sorted(_PIL_FILTERS)})")
+    scale = (math.floor(height / crop_pct), math.floor(width / crop_pct))
+    if mode == "squash":
+        resize = scale
+    elif mode == "center" and scale[0] == scale[1] and height == width:
+        resize = scale[0]
+    else:
+        raise ValueError(f"timm's crop_mode {mode!r} with input size {height}x{width} of {model_name} is not "
+                         f"supported (only 'center' with square inputs and 'squash')")
+    return Preprocessing(resize=resize, crop=(height, width), interpolation=interpolation,
+                         mean=tuple(config["mean"]), std=tuple(config["std"]))
 
 
 def reference_transform(pre):
