@@ -14,6 +14,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from clustering import scan
 from fast_search.synthetic import write_store
+from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +126,15 @@ def test_scan_script_end_to_end(tmp_path):
     assert refused.returncode == 2 and "--force" in refused.stderr and "Traceback" not in refused.stderr
     bad = _run("--features", str(store), "--labels", "nope.csv", "-s", str(tmp_path / "b"))
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_shipped_configs_parse():
+    from adaptation.train import build_parser as adaptation_parser
+    from clustering.scan_pipeline import build_parser as scan_parser
+    from helpers.cli import parse_args
+
+    args = parse_args(scan_parser(), ["--config", str(REPO_ROOT / "configs/scan/scan_memes.yml"), "--features", "x"])
+    assert args.entropy_weight == 5.0 and args.num_neighbors == 20
+    args = parse_args(adaptation_parser(), ["--config", str(REPO_ROOT / "configs/adaptation/adaptation_tll.yml"),
+                                            "--features", "x", "--pairs", "p.csv"])
+    assert args.topk == [1, 3, 5] and args.temperature == pytest.approx(1 / 15, rel=1e-5)
