@@ -184,3 +184,15 @@ def test_train_adaptation_bad_pairs_is_one_error_line(tmp_path):
     result = _run("--features", str(store), "--pairs", str(bad), "-s", str(tmp_path / "e"), "--device", "cpu")
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_adapt_refuses_features_of_another_width(tmp_path):
+    from extractor.extract import _check_adaptation_input, adaptation_name
+
+    store, _ = _pair_data(tmp_path, n=4)
+    checkpoint = save_adaptation(tmp_path / "exp" / "run_0" / "adaptation.pt", AdaptationModule(8, "linear", 4),
+                                 source_name="Toy PCA8 on x")
+    assert adaptation_name(checkpoint) == "exp run_0"
+    with pytest.raises(ValueError, match="takes 8-d features"):
+        _check_adaptation_input(checkpoint, load_features(store), None, "Toy adapted exp run_0")
+    _check_adaptation_input(checkpoint, load_features(store), 8, "Toy PCA8 on x adapted exp run_0")  # fits
