@@ -6,6 +6,9 @@
 ``mlp``         ``W2 ReLU(W1 x + b1)``: one hidden layer of ``out_dim`` units
 ==============  ==================================================================================
 
+With ``pca_dim``, a PCA fitted on the training images (the seed reduces its features to 256 components first) is
+the module's first step, so a checkpoint takes the store's raw features.
+
 Similarities are cosines of the module's outputs, so the stored (adapted) features are L2-normalised.
 
 A checkpoint (``simsearch-adaptation-v1``) is a ``torch.save`` dict of tensors and plain values, read with
@@ -31,22 +34,43 @@ class AdaptationModule(nn.Module):
     out_dim : int
     """
 
-    def __init__(self, in_dim, kind="original", out_dim=1024):
+    def __init__(self, in_dim, kind="original", out_dim=1024, pca_dim=None):
         super().__init__()
         if kind not in MODEL_KINDS:
             raise ValueError(f"unknown adaptation model {kind!r}; expected one of {', '.join(MODEL_KINDS)}")
-        if int(in_dim) <= 0 or int(out_dim) <= 0:
-            raise ValueError(f"dimensions must be positive, got in_dim={in_dim}, out_dim={out_dim}")
+        if int(in_dim) <= 0 or int(out_dim) <= 0 or (pca_dim is not None and int(pca_dim) <= 0):
+            raise ValueError(f"dimensions must be positive, got in_dim={in_dim}, out_dim={out_dim}, "
+                             f"pca_dim={pca_dim}")
         self.kind, self.in_dim, self.out_dim = kind, int(in_dim), int(out_dim)
+        self.pca_dim = None if pca_dim is None else int(pca_dim)
+        if self.pca_dim is not None:  # the seed's PCA before the module, part of it (set by set_pca)
+            self.register_buffer("pca_mean", torch.zeros(self.in_dim))
+            self.register_buffer("pca_components", torch.zeros(self.pca_dim, self.in_dim))
+        width = self.pca_dim or self.in_dim
         if kind == "mlp":
-            self.net = nn.Sequential(nn.Linear(self.in_dim, self.out_dim), nn.ReLU(),
+            self.net = nn.Sequential(nn.Linear(width, self.out_dim), nn.ReLU(),
                                      nn.Linear(self.out_dim, self.out_dim, bias=False))
         else:
-            self.net = nn.Linear(self.in_dim, self.out_dim, bias=False)
+            self.net = nn.Linear(width, self.out_dim, bias=False)
 
-    def forward(self, x):
+    def set_pca(self, mean, components):
+        """Use a fitted PCA (``mean [in_dim]``, ``components [pca_dim, in_dim]``) as the first step."""
+        self.pca_mean.copy_(torch.as_tensor(np.asarray(mean), dtype=torch.float32))
+        self.pca_components.copy_(torch.as_tensor(np.asarray(components), dtype=torch.float32))
+
+    def reduce(self, x):
+        """The input step: PCA projection when the module has one, else ``x``."""
+        if self.pca_dim is None:
+            return x
+        return (x - self.pca_mean) @ self.pca_components.t()
+
+    def head(self, x):
+        """The trained part, on already reduced inputs."""
         x = self.net(x)
         return torch.relu(x) if self.kind == "original" else x
+
+    def forward(self, x):
+        return self.head(self.reduce(x))
 
 
 def save_adaptation(path, module, **info):
@@ -54,7 +78,7 @@ def save_adaptation(path, module, **info):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "kind": module.kind, "in_dim": module.in_dim,
-               "out_dim": module.out_dim, "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+               "out_dim": module.out_dim, "pca_dim": module.pca_dim, "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
                "info": dict(info)}
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
@@ -86,7 +110,7 @@ def load_adaptation(path):
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an adaptation checkpoint ({CHECKPOINT_FORMAT}); train_adaptation.py "
                          "writes them")
-    module = AdaptationModule(payload["in_dim"], payload["kind"], payload["out_dim"])
+    module = AdaptationModule(payload["in_dim"], payload["kind"], payload["out_dim"], payload.get("pca_dim"))
     module.load_state_dict(payload["state_dict"])
     module.eval()
     return module, dict(payload.get("info") or {})

@@ -65,6 +65,9 @@ def build_parser():
     parser.add_argument("--pca-dim", type=int, default=256,
                         help="components of the PCA baseline (fitted on the training images; capped by their "
                              "number and the feature size)")
+    parser.add_argument("--input-pca", action="store_true",
+                        help="train the module on that PCA's output, as the seed does (PCA 256 first); the PCA is "
+                             "saved in the checkpoint, so --adapt still takes the raw features")
     parser.add_argument("-s", "--save-to", default=None, metavar="DIR",
                         help="experiment folder (default: Results/adaptation/<store>_<model>)")
     add_common_arguments(parser)
@@ -116,10 +119,18 @@ def _topk(left, right, ks):
     return {f"top{k}": acc[k] for k in ks}
 
 
-def train_module(features, train_rows, test_rows, args, device, writer=None):
-    """Train one module on the training pairs; log the loss and the test top-k per epoch."""
-    module = AdaptationModule(features.shape[1], args.model, args.out_dim).to(device)
-    optimizer = torch.optim.Adam(module.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+def train_module(features, train_rows, test_rows, args, device, writer=None, pca=None):
+    """Train one module on the training pairs; log the loss and the test top-k per epoch.
+
+    With ``pca`` (fitted on the training images), the module's first step is that PCA: the trained part sees the
+    reduced features, computed once here."""
+    module = AdaptationModule(features.shape[1], args.model, args.out_dim,
+                              None if pca is None else pca.components_.shape[0])
+    if pca is not None:
+        module.set_pca(pca.mean_, pca.components_)
+        features = pca.transform(features)
+    module = module.to(device)
+    optimizer = torch.optim.Adam(module.net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     x = torch.from_numpy(features).to(device)
     n = len(train_rows)
     batch = n if args.batch_size <= 0 else min(args.batch_size, n)
@@ -130,7 +141,7 @@ def train_module(features, train_rows, test_rows, args, device, writer=None):
         losses = []
         for start in range(0, n - batch + 1, batch):  # a last partial batch would have fewer negatives: dropped
             pick = torch.from_numpy(train_rows[order[start:start + batch].numpy()]).to(device)
-            loss = symmetric_info_nce(module(x[pick[:, 0]]), module(x[pick[:, 1]]), args.temperature)
+            loss = symmetric_info_nce(module.head(x[pick[:, 0]]), module.head(x[pick[:, 1]]), args.temperature)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -138,7 +149,7 @@ def train_module(features, train_rows, test_rows, args, device, writer=None):
         module.eval()
         with torch.no_grad():
             test = torch.from_numpy(test_rows).to(device)
-            out_l, out_r = module(x[test[:, 0]]), module(x[test[:, 1]])
+            out_l, out_r = module.head(x[test[:, 0]]), module.head(x[test[:, 1]])
             test_loss = symmetric_info_nce(out_l, out_r, args.temperature).item()
             top = _topk(out_l.cpu().numpy(), out_r.cpu().numpy(), args.topk)
         entry = {"epoch": epoch, "train_loss": float(np.mean(losses)), "test_loss": test_loss, **top}
@@ -157,7 +168,7 @@ def pca_baseline(features, train_rows, test_rows, n_components, ks):
     k = int(min(n_components, len(train_images) - 1, features.shape[1]))
     pca = PCA(k).fit(features[train_images])
     reduced = pca.transform(features)
-    return _topk(reduced[test_rows[:, 0]], reduced[test_rows[:, 1]], ks), k
+    return _topk(reduced[test_rows[:, 0]], reduced[test_rows[:, 1]], ks), pca
 
 
 def _summary(runs):
@@ -205,14 +216,16 @@ def run(args):
         writer = summary_writer(run_dir)
         writer.add_text("Config", str(resolved_config(args)))
         before = _topk(features[test_rows[:, 0]], features[test_rows[:, 1]], args.topk)
-        pca, pca_k = pca_baseline(features, train_rows, test_rows, args.pca_dim, args.topk)
-        module, history = train_module(features, train_rows, test_rows, args, device, writer)
+        pca, fitted = pca_baseline(features, train_rows, test_rows, args.pca_dim, args.topk)
+        pca_k = int(fitted.components_.shape[0])
+        module, history = train_module(features, train_rows, test_rows, args, device, writer,
+                                       pca=fitted if args.input_pca else None)
         writer.close()
         after = {key: history[-1][key] for key in before}
         checkpoint = save_adaptation(
             run_dir / "adaptation.pt", module, source_name=store_name, source_dataset=meta.get("dataset"),
             source_stores=[str(s) for s in args.features], in_dim=int(features.shape[1]), seed=seed,
-            epochs=args.epochs, temperature=args.temperature, test_top=after)
+            epochs=args.epochs, temperature=args.temperature, input_pca=bool(args.input_pca), test_top=after)
         write_json(run_dir / "history.json", history)
         write_json(run_dir / "split.json", {"train": [[names[a], names[b]] for a, b in train_rows],
                                             "test": [[names[a], names[b]] for a, b in test_rows]})

@@ -18,13 +18,15 @@ Features: ``--algo`` (default ``EfficientNet-Lite0``, the TF-lite ImageNet weigh
 
 Runs, each through its script's ``main`` (the same code as the command line):
 
-1. ``train_adaptation.py`` on each pair set: top-1/3/5 on held-out pairs (25 %, pairs never share a photo across
+1. ``train_adaptation.py --input-pca --pca-dim 256`` (the seed's PCA 256, fitted on the training images, then the
+   module) on each pair set: top-1/3/5 on held-out pairs (25 %, pairs never share a photo across
    the split) before adaptation (raw cosine), with PCA alone (fitted on the training images) and after
    adaptation; mean +- std over ``--runs`` splits/seeds;
 2. ``nn_maker.py``: targets = the left views of the BSDS500 test photos (200), pool = the right views of all 500
    photos + the 500 memes + 500 templates (1,500); closeness of the selection against a random sample of the same
    size, and the share of the selected images that show a target photo (precision; random: 2 in 5 photos);
-3. ``scan.py`` on the ``scan`` set: train/test split by meme (25 % of each template held out), ACC/NMI/ARI on the
+3. ``scan.py --num-neighbors 5`` (a template has 7-8 training memes) on the ``scan`` set: train/test split by
+   meme (25 % of each template held out), ACC/NMI/ARI on the
    test memes for k-means, SCAN and SCAN + self-labelling, mean +- std over ``--runs``.
 
 Results: ``benchmarks/results/bench_seed_001_002.json`` (and every experiment folder under
@@ -159,10 +161,15 @@ def main(argv=None):
     parser.add_argument("--weights", default="pretrained")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--models", nargs="+", default=["original", "linear"], help="adaptation modules")
+    parser.add_argument("--pair-sets", nargs="+", default=["views", "parts", "memes"], help="adaptation pair sets")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared, loaded machine more threads spin instead of working)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["adaptation", "nn_maker", "scan"])
     args = parser.parse_args(argv)
     import torch
 
+    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     bsds = Path(args.bsds)
     photos = sorted(list_images(bsds))
@@ -175,8 +182,13 @@ def main(argv=None):
     memes1, templates1 = make_memes("pairs", photos, 1)
     scan_memes, _ = make_memes("scan", test_photos[:50], 10)
     t_data = time.perf_counter() - started
-    stores = extract(args.algo, [views_left, views_right, parts_left, parts_right, memes1, templates1, scan_memes],
-                     args.weights)
+    needed = [views_right, memes1, templates1] if "nn_maker" not in args.skip else []
+    needed += [views_left, views_right, parts_left, parts_right, memes1, templates1] \
+        if "adaptation" not in args.skip else []
+    needed += [views_left, views_right] if "nn_maker" not in args.skip else []
+    needed += [scan_memes] if "scan" not in args.skip else []
+    if needed:
+        extract(args.algo, list(dict.fromkeys(needed)), args.weights)
     t_extract = time.perf_counter() - started - t_data
     results = {"algo": args.algo, "weights": args.weights, "threads": torch.get_num_threads(),
                "load_average": os.getloadavg(), "seconds_data": t_data, "seconds_extract": t_extract}
@@ -194,10 +206,13 @@ def main(argv=None):
         for name, pairs, folders in (("views", view_pairs, [views_left, views_right]),
                                      ("parts", part_pairs, [parts_left, parts_right]),
                                      ("memes", meme_pairs, [memes1, templates1])):
-            for model in ("linear", "original"):
+            if name not in args.pair_sets:
+                continue
+            for model in args.models:
                 folder = OUT / f"adaptation_{name}_{model}"
                 _main_of("adaptation.train", ["--features", *[store(f) for f in folders], "--pairs", pairs,
                                               "--model", model, "--epochs", args.epochs, "--runs", args.runs,
+                                              "--input-pca", "--pca-dim", 256,
                                               "--device", "cpu", "-s", folder, "--force", "--log-level",
                                               "WARNING"])
                 summary = json.loads((folder / "results.json").read_text())["summary"]
@@ -238,7 +253,7 @@ def main(argv=None):
     if "scan" not in args.skip:
         folder = OUT / "scan"
         _main_of("clustering.scan_pipeline", ["--features", store(scan_memes), "--labels", "stem", "--runs",
-                                              args.runs, "--device", "cpu", "-s", folder, "--force",
+                                              args.runs, "--num-neighbors", 5, "--device", "cpu", "-s", folder, "--force",
                                               "--log-level", "WARNING"])
         scan = json.loads((folder / "results.json").read_text())
         results["scan"] = {"summary": {m: {k: [v["mean"], v["std"]] for k, v in values.items()}
@@ -247,7 +262,14 @@ def main(argv=None):
                            "neighbor_purity": scan["neighbor_purity"]}
     results["seconds"] = time.perf_counter() - started
     results["load_average_end"] = os.getloadavg()
-    path = write_json(REPO_ROOT / "benchmarks" / "results" / "bench_seed_001_002.json", results)
+    path = REPO_ROOT / "benchmarks" / "results" / "bench_seed_001_002.json"
+    if args.skip and path.is_file():  # a partial run updates the parts it ran
+        previous = json.loads(path.read_text())
+        previous.update({k: v for k, v in results.items()})
+        previous["partial_runs"] = previous.get("partial_runs", []) + [{"skip": args.skip, "seconds": results[
+            "seconds"], "load_average": results["load_average"], "load_average_end": results["load_average_end"]}]
+        results = previous
+    path = write_json(path, results)
     print(json.dumps(results, indent=1))
     print(f"-> {path}")
     return 0

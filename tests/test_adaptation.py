@@ -196,3 +196,16 @@ def test_adapt_refuses_features_of_another_width(tmp_path):
     with pytest.raises(ValueError, match="takes 8-d features"):
         _check_adaptation_input(checkpoint, load_features(store), None, "Toy adapted exp run_0")
     _check_adaptation_input(checkpoint, load_features(store), 8, "Toy PCA8 on x adapted exp run_0")  # fits
+
+
+def test_module_with_input_pca_round_trip(tmp_path):
+    torch.manual_seed(1)
+    rng = np.random.default_rng(1)
+    module = AdaptationModule(6, "original", 5, pca_dim=3)
+    mean, components = rng.normal(size=6), np.linalg.qr(rng.normal(size=(6, 3)))[0].T
+    module.set_pca(mean, components)
+    loaded, _ = load_adaptation(save_adaptation(tmp_path / "p.pt", module))
+    x = rng.normal(size=(4, 6)).astype(np.float32)
+    reduced = torch.from_numpy(((x - mean) @ components.T).astype(np.float32))
+    expected = torch.nn.functional.normalize(torch.relu(module.net(reduced)), dim=1).detach().numpy()
+    np.testing.assert_allclose(adapt_features(loaded, x), expected, rtol=1e-5, atol=1e-6)
