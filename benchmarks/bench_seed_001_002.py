@@ -265,7 +265,11 @@ def main(argv=None):
     path = REPO_ROOT / "benchmarks" / "results" / "bench_seed_001_002.json"
     if args.skip and path.is_file():  # a partial run updates the parts it ran
         previous = json.loads(path.read_text())
-        previous.update({k: v for k, v in results.items()})
+        for key, value in results.items():  # per-case dicts (adaptation's pair set x model) are merged, not replaced
+            if isinstance(value, dict) and isinstance(previous.get(key), dict):
+                previous[key].update(value)
+            else:
+                previous[key] = value
         previous["partial_runs"] = previous.get("partial_runs", []) + [{"skip": args.skip, "seconds": results[
             "seconds"], "load_average": results["load_average"], "load_average_end": results["load_average_end"]}]
         results = previous
