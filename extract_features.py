@@ -10,7 +10,7 @@ Examples::
     python3 extract_features.py --checkpoint runs/simclr_models/epoch_10.pth --dataset Kaggle_memes
     python3 extract_features.py --algo "ResNet50 1x" --dataset Kaggle_memes --pca 256 --whiten \\
         --pca-fit-dataset Kaggle_templates --l2-normalize
-    python3 extract_features.py --algo "ResNet50 1x" --dataset Kaggle_memes --pca 256 --pca-fit-dataset Kaggle_templates \
+    python3 extract_features.py --algo "ResNet50 1x" --dataset Kaggle_memes \
         --adapt Results/adaptation/<experiment>/run_0/adaptation.pt
     torchrun --nproc_per_node 4 extract_features.py --algo "ResNet152 1x" --dataset Flickr500K --device cuda
 """

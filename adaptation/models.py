@@ -78,7 +78,8 @@ def save_adaptation(path, module, **info):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "kind": module.kind, "in_dim": module.in_dim,
-               "out_dim": module.out_dim, "pca_dim": module.pca_dim, "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+               "out_dim": module.out_dim, "pca_dim": module.pca_dim,
+               "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
                "info": dict(info)}
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)

@@ -253,7 +253,8 @@ def main(argv=None):
     if "scan" not in args.skip:
         folder = OUT / "scan"
         _main_of("clustering.scan_pipeline", ["--features", store(scan_memes), "--labels", "stem", "--runs",
-                                              args.runs, "--num-neighbors", 5, "--device", "cpu", "-s", folder, "--force",
+                                              args.runs, "--num-neighbors", 5, "--device", "cpu", "-s", folder,
+                                              "--force",
                                               "--log-level", "WARNING"])
         scan = json.loads((folder / "results.json").read_text())
         results["scan"] = {"summary": {m: {k: [v["mean"], v["std"]] for k, v in values.items()}
