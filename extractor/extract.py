@@ -105,6 +105,8 @@ def collate(items):
         batch = None
     elif isinstance(payloads[0], Encoded):  # decoded on the device by the item function's prepare_batch
         batch = pack(payloads, shared=torch.utils.data.get_worker_info() is not None)
+    elif isinstance(payloads[0], torch.Tensor) and any(p.shape != payloads[0].shape for p in payloads):
+        batch = payloads  # inputs that keep their aspect ratio (SSCD): the Embedder runs each size on its own
     elif isinstance(payloads[0], torch.Tensor):
         out = None
         if torch.utils.data.get_worker_info() is not None:
@@ -166,7 +168,8 @@ class Embedder:
     """A model with its device-side preprocessing, precision and memory layout.
 
     ``embedder(batch)`` takes the ``uint8 [B, H, W, 3]`` batches of :meth:`ImageTransform.to_uint8` (or float
-    ``[B, 3, H, W]`` inputs already prepared) and returns float32 embeddings on the device.
+    ``[B, 3, H, W]`` inputs already prepared), or a list of such images of several sizes (preprocessing that keeps
+    the aspect ratio), and returns float32 embeddings on the device, one row per image in order.
     """
 
     def __init__(self, model, transform, device, precision="fp32", channels_last=None):
@@ -206,7 +209,21 @@ class Embedder:
             return self.model(x).float()
 
     def __call__(self, batch):
+        if isinstance(batch, (list, tuple)):  # images of several sizes: one sub-batch per size, rows in order
+            return self._by_size(batch)
         return self.forward(self.inputs(batch))
+
+    def _by_size(self, items):
+        groups = {}
+        for position, item in enumerate(items):
+            groups.setdefault(tuple(item.shape), []).append(position)
+        out = None
+        for positions in groups.values():
+            rows = self.forward(self.inputs(torch.stack([items[k] for k in positions])))
+            if out is None:
+                out = rows.new_empty((len(items), rows.shape[1]))
+            out[torch.as_tensor(positions, device=rows.device)] = rows
+        return out
 
 
 def _to_numpy(parts, width, dtype):
@@ -642,13 +659,23 @@ def _hash_job(specs):
                 hashes_only=True)
 
 
-def _postprocess_suffix(pca, whiten, fit_dataset, l2):
+def _postprocess_suffix(pca, whiten, fit_dataset, l2, adapt=None):
     parts = []
     if pca:
         parts.append(f"PCA{int(pca)}" + (" whitened" if whiten else "") + f" on {fit_dataset}")
     if l2:
         parts.append("L2")
+    if adapt:
+        parts.append(f"adapted {adaptation_name(adapt)}")
     return " ".join(parts)
+
+
+def adaptation_name(path):
+    """Store-name part of an adaptation checkpoint: ``<experiment> <run>`` for ``<experiment>/run_<i>/adaptation.pt``
+    (``train_adaptation.py``'s layout), followed by the file stem when it is not ``adaptation``."""
+    path = Path(str(path))
+    parts = [path.parent.parent.name, path.parent.name] + ([path.stem] if path.stem != "adaptation" else [])
+    return " ".join(part for part in parts if part)
 
 
 def _as_list(value):
@@ -663,7 +690,7 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
                      precision="fp32", out=FEATURES_DIR, checkpoint=None, name=None, force=False,
                      l2_normalize=False, pca=None, pca_fit_dataset=None, whiten=False, layers=None, seed=0,
                      chunk_size=DEFAULT_CHUNK_SIZE, progress=True, max_pixels=DEFAULT_MAX_PIXELS,
-                     fail_after_chunks=None, decode="cpu", nvjpeg_share=None, wait=True):
+                     fail_after_chunks=None, decode="cpu", nvjpeg_share=None, wait=True, adapt=None):
     """Extract features of every algorithm on every dataset into the feature store.
 
     Parameters
@@ -719,6 +746,9 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
     wait : bool
         When another process is writing one of the stores: wait for it (then reuse its store when it matches),
         or raise :class:`helpers.locking.LockBusyError` at once (False, ``--no-wait``).
+    adapt : path, optional
+        An adaptation checkpoint (``train_adaptation.py``): also write ``<name> [PCA...] [L2] adapted <run>``,
+        the module applied after the PCA / L2 steps (it must have been trained on those same features).
 
     Returns
     -------
@@ -748,6 +778,9 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
         raise ValueError("--pca needs --pca-fit-dataset D: the dataset whose features fit the PCA")
     if name and len(algos) + len(checkpoints) != 1:
         raise ValueError("--name applies to a single algorithm or checkpoint")
+    if adapt is not None and not Path(str(adapt)).is_file():
+        raise FileNotFoundError(f"adaptation checkpoint not found: {adapt} (train_adaptation.py writes "
+                                "<save-to>/run_<i>/adaptation.pt)")
 
     specs = list({spec.slug: spec for spec in [resolve_algorithm(a) for a in algos]
                   + [_checkpoint_spec(c) for c in checkpoints]}.values())  # 'Dhash 64 bits' == 'dhash_64_bits'
@@ -780,14 +813,14 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
                             force=force, chunk_size=chunk_size, batch_size=batch_size, progress=progress,
                             max_pixels=max_pixels, fail_after_chunks=fail_after_chunks, pca=pca, whiten=whiten,
                             fit=fit, l2_normalize=l2_normalize, decode=decode, nvjpeg_share=nvjpeg_share,
-                            wait=wait)
+                            wait=wait, adapt=adapt)
     finally:
         dist.close()
 
 
 def _extract_all(hashes, neural, resolved, to_extract, listings, dist, device, *, workers, weights, seed, precision,
                  layers, name, out, force, chunk_size, batch_size, progress, max_pixels, fail_after_chunks, pca,
-                 whiten, fit, l2_normalize, decode="cpu", nvjpeg_share=None, wait=True):
+                 whiten, fit, l2_normalize, decode="cpu", nvjpeg_share=None, wait=True, adapt=None):
     workers = None if workers is None else int(workers)
     common = dict(out=Path(out), dist=dist, force=force, chunk_size=int(chunk_size), batch_size=int(batch_size),
                   workers=workers, device=device, progress=progress, max_pixels=max_pixels,
@@ -814,14 +847,14 @@ def _extract_all(hashes, neural, resolved, to_extract, listings, dist, device, *
     if not dist.is_main:
         return []
     written = []
-    suffix = _postprocess_suffix(pca, whiten, fit.name if fit else None, l2_normalize)
+    suffix = _postprocess_suffix(pca, whiten, fit.name if fit else None, l2_normalize, adapt)
     requested = {d.store_key: d for d in resolved}
     for (algo_name, ds_key), folder in raw.items():
         if ds_key in requested:
             written.append(folder)
             if suffix:
                 written.append(_postprocess(algo_name, requested[ds_key], folder, suffix, raw, pca, whiten, fit,
-                                            l2_normalize, Path(out), force))
+                                            l2_normalize, Path(out), force, adapt=adapt))
     return written
 
 
@@ -832,7 +865,7 @@ def _checkpoint_spec(path):
     return CheckpointSpec(path.resolve(), checkpoint_name(path))
 
 
-def _postprocess(algo_name, dataset, folder, suffix, raw, pca, whiten, fit, l2, out, force):
+def _postprocess(algo_name, dataset, folder, suffix, raw, pca, whiten, fit, l2, out, force, adapt=None):
     target_name = f"{algo_name} {suffix}"
     target = feature_dir(dataset, target_name, out)
     source = load_features(folder, mmap=True)
@@ -846,4 +879,20 @@ def _postprocess(algo_name, dataset, folder, suffix, raw, pca, whiten, fit, l2, 
                       "fit_folder": str(raw[(algo_name, fit.store_key)])})
     if l2:
         steps.append({"step": "l2"})
+    if adapt:
+        _check_adaptation_input(adapt, source, pca, target_name)
+        steps.append({"step": "adapt", "checkpoint": str(Path(str(adapt)).resolve())})
     return postprocess_store(folder, target, target_name, steps, overwrite=True)
+
+
+def _check_adaptation_input(checkpoint, source, pca, target_name):
+    """The module must receive the features it was trained on: same width (a wrong one is an error)."""
+    from adaptation.models import load_adaptation
+
+    module, info = load_adaptation(checkpoint)
+    width = int(pca) if pca else (source.dim if not source.binary else None)
+    trained_on = info.get("source_name", "?")
+    if width != module.in_dim:
+        raise ValueError(f"adaptation checkpoint {checkpoint} takes {module.in_dim}-d features (it was trained on "
+                         f"'{trained_on}'), but '{target_name}' would give it {width}-d ones; use the same "
+                         "algorithm and --pca as for its training features")

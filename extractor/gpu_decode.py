@@ -266,6 +266,8 @@ def resolve_decode(decode, device, transform):
         problem = f"GPU decoding needs a CUDA device, got --device {device}"
     elif pre is None or pre.interpolation != "lanczos":
         problem = "GPU decoding reproduces Pillow's LANCZOS resize only; this model's preprocessing is different"
+    elif pre.variable_size:
+        problem = "GPU decoding makes inputs of one size; this model keeps each image's aspect ratio"
     elif _RULES.get(pillow_pass_order()) is None:
         problem = "the installed Pillow resizes with an unknown pass order"
     elif not nvjpeg_available(device):

@@ -33,6 +33,7 @@ import hashlib
 import importlib
 import os
 import socket
+import warnings
 from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
@@ -517,7 +518,9 @@ def _sscd_network(spec, kind, value):
     path = sscd_weights_file(spec.name) if kind == "pretrained" else value
     try:
         # TorchScript is SSCD's published format (code and weights); torch.jit.load reads no pickled objects.
-        model = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated": SSCD ships no other
+            model = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise ValueError(f"cannot read {path} as a TorchScript module ({exc}); {spec.name} needs SSCD's "
                          f"{spec.arch}.torchscript.pt") from None

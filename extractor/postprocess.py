@@ -7,7 +7,8 @@
   whitening follow scikit-learn's ``PCA(svd_solver='full', whiten=...)``;
 - :class:`MultiLayerFeatures`: forward hooks on chosen layers, each output average-pooled over space and
   L2-normalised, then concatenated (the multi-layer descriptors of the adaptation-function work, seed 001);
-- :func:`postprocess_store`: apply PCA and/or L2 steps to a feature store and write the derived store.
+- :func:`postprocess_store`: apply PCA, L2 and/or adaptation (:mod:`adaptation`, ``--adapt``) steps to a
+  feature store and write the derived store.
 
 Binary features (hashes) are unpacked to 0/1 floats before any of these.
 """
@@ -174,16 +175,22 @@ def postprocess_store(source_folder, target_folder, name, steps, overwrite=False
     Parameters
     ----------
     steps : list of dict
-        In order; ``{'step': 'pca', 'n_components': k, 'whiten': bool, 'fit_folder': path}`` and/or
-        ``{'step': 'l2'}``.
+        In order; ``{'step': 'pca', 'n_components': k, 'whiten': bool, 'fit_folder': path}``,
+        ``{'step': 'l2'}`` and/or ``{'step': 'adapt', 'checkpoint': path}`` (a module of
+        ``train_adaptation.py``; its output is L2-normalised).
     """
     source = load_features(source_folder)
-    pcas = {}
+    fitted = {}
     for step in steps:
         if step["step"] == "pca":
             pca, path = fit_or_load_pca(step["fit_folder"], step["n_components"])
-            pcas[id(step)] = pca
+            fitted[id(step)] = pca
             step["pca_file"] = str(path)
+        elif step["step"] == "adapt":
+            from adaptation.models import load_adaptation
+
+            fitted[id(step)], info = load_adaptation(step["checkpoint"])
+            step["trained_on"] = info.get("source_name")
         elif step["step"] != "l2":
             raise ValueError(f"unknown post-processing step {step['step']!r}")
     writer = ChunkedFeatureWriter(target_folder)
@@ -195,7 +202,11 @@ def postprocess_store(source_folder, target_folder, name, steps, overwrite=False
         x = as_float(source.features[a:b], source.binary, bits)
         for step in steps:
             if step["step"] == "pca":
-                x = pcas[id(step)].transform(x, whiten=step["whiten"])
+                x = fitted[id(step)].transform(x, whiten=step["whiten"])
+            elif step["step"] == "adapt":
+                from adaptation.models import adapt_features
+
+                x = adapt_features(fitted[id(step)], x)
             else:
                 x = l2_normalize(x)
         width = x.shape[1]
@@ -204,6 +215,7 @@ def postprocess_store(source_folder, target_folder, name, steps, overwrite=False
         width = source.dim
         for step in steps:
             width = step["n_components"] if step["step"] == "pca" else width
+            width = fitted[id(step)].out_dim if step["step"] == "adapt" else width
         writer.write_chunk(np.empty((0, width), dtype=np.float32), [])
     meta = {key: value for key, value in source.meta.items() if key not in ("slug", "dim", "n", "created", "binary")}
     meta.update({"name": name, "binary": False, "source": str(source_folder),

@@ -71,14 +71,18 @@ def test_fast_transform_equals_torchvision_reference_on_many_sizes(photo):
     rng = np.random.default_rng(1)
     pres = [Preprocessing((256, 256), 224, "lanczos", IMAGENET["mean"], IMAGENET["std"]),
             Preprocessing(256, 224, "lanczos"), Preprocessing(64, 60, "bicubic"),
-            Preprocessing((40, 70), (32, 50), "bilinear"), Preprocessing(32, 48, "lanczos")]  # crop > resize: pads
+            Preprocessing((40, 70), (32, 50), "bilinear"), Preprocessing(32, 48, "lanczos"),  # crop > resize: pads
+            Preprocessing(72, None, "bilinear", IMAGENET["mean"], IMAGENET["std"]),  # SSCD's: aspect ratio kept
+            Preprocessing((40, 40), None, "bilinear", [127 / 255] * 3, [128 / 255] * 3)]  # TF-lite scaling
     for trial in range(12):
         image = photo(int(rng.integers(16, 400)), int(rng.integers(16, 400)), seed=trial)
         for pre in pres:
             fast, ref = ImageTransform(pre)(image), reference_transform(pre)(image)
             assert fast.shape == ref.shape and torch.equal(fast, ref), (pre, image.size)
+    assert Preprocessing(256).variable_size and not pres[0].variable_size
+    assert Preprocessing(256).meta()["input_size"] is None  # a shorter-side resize without a crop: no fixed size
     with pytest.raises(ValueError):
-        Preprocessing(256)  # a shorter-side resize without a crop has no fixed size
+        Preprocessing(256, interpolation="box")
 
 
 def _tv_resnet18(seed):

@@ -6,10 +6,11 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-SCRIPTS = ["extract_features.py", "find_duplicates.py", "build_index.py", "query.py", "search_experiment.py", "process.py", "explore_neighbors.py", "hierarchical.py",
-           "DBSCAN.py", "finetune.py", "evaluate_finetuning.py", "demo.py", "data_retrieval/generate_attacks.py",
-           "data_retrieval/kaggle_splitter.py", "data_retrieval/build_memes.py", "SimCLRv1/download.py",
-           "SimCLRv2/download.py", "kmeans.py", "data_retrieval/adapters.py"]
+SCRIPTS = ["extract_features.py", "find_duplicates.py", "build_index.py", "query.py", "search_experiment.py",
+           "process.py", "explore_neighbors.py", "hierarchical.py", "DBSCAN.py", "kmeans.py", "finetune.py",
+           "evaluate_finetuning.py", "demo.py", "train_adaptation.py", "nn_maker.py", "scan.py",
+           "data_retrieval/generate_attacks.py", "data_retrieval/kaggle_splitter.py", "data_retrieval/build_memes.py",
+           "data_retrieval/adapters.py", "SimCLRv1/download.py", "SimCLRv2/download.py"]
 
 
 def _run(*args):

@@ -1,0 +1,274 @@
+"""``scan.py``: data, split, runs and reports of SCAN (:mod:`clustering.scan`) against k-means."""
+import argparse
+import csv
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from helpers.cli import add_common_arguments, resolved_config
+from helpers.datasets import identity_of
+from helpers.device import resolve_device
+from helpers.experiment import start_experiment
+from helpers.feature_store import load_features
+from helpers.log import get_logger, setup_logging
+from helpers.paths import CLUSTERING_DIR, slugify
+from helpers.results import write_json
+from helpers.seeding import seed_everything
+
+from . import scan
+from .metrics import encode_labels
+
+logger = get_logger(__name__)
+METHODS = ("kmeans", "scan", "selflabel")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="scan.py",
+        description="SCAN clustering (seed 002, steps 2-3) on frozen features: mine each training image's nearest "
+                    "neighbours, train clustering heads with the SCAN loss (neighbour consistency + entropy; the "
+                    "head with the lowest loss is kept), then self-label (confident samples, strong feature-space "
+                    "augmentation). Trains on the training split only and reports ACC (Hungarian), NMI and ARI on "
+                    "the test split, mean +- std over --runs, next to k-means on the same features.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--features", nargs="+", required=True, metavar="STORE",
+                      help="feature store folder(s) of the training images (or of all images, split by --test-split)")
+    data.add_argument("--test-features", nargs="+", default=None, metavar="STORE",
+                      help="feature store folder(s) of the test images; without it --test-split splits --features")
+    data.add_argument("--labels", default="stem", metavar="stem|folder|CSV",
+                      help="ground-truth classes (for the scores only): 'stem' (file stem up to the first '_', e.g. "
+                           "a meme's template), 'folder' (the parent folder: folder-per-class datasets) or a CSV "
+                           "with header image,label")
+    data.add_argument("--test-split", type=float, default=0.25,
+                      help="share of each class held out for the test when --test-features is not given")
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split (fixed over runs)")
+    model = parser.add_argument_group("SCAN step")
+    model.add_argument("--num-clusters", type=int, default=None,
+                       help="clusters (default: the number of classes in the training labels)")
+    model.add_argument("--num-neighbors", type=int, default=20, help="neighbours mined per training image")
+    model.add_argument("--num-heads", type=int, default=5, help="heads trained; the lowest-loss one is kept")
+    model.add_argument("--hidden", type=int, default=0, help="hidden ReLU layer before the heads (0 = linear heads)")
+    model.add_argument("--entropy-weight", type=float, default=5.0, help="weight of the entropy term")
+    model.add_argument("--epochs", type=int, default=200, help="SCAN epochs")
+    model.add_argument("--batch-size", type=int, default=256, help="anchors per step")
+    model.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the SCAN step")
+    model.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
+    selflabel = parser.add_argument_group("self-labelling step")
+    selflabel.add_argument("--selflabel-epochs", type=int, default=50, help="self-labelling epochs (0 = skip it)")
+    selflabel.add_argument("--selflabel-lr", type=float, default=1e-4, help="Adam learning rate of self-labelling")
+    selflabel.add_argument("--confidence", type=float, default=0.99,
+                           help="probability above which a prediction becomes a pseudo-label")
+    selflabel.add_argument("--aug-dropout", type=float, default=0.3,
+                           help="strong augmentation: share of feature dimensions dropped")
+    selflabel.add_argument("--aug-noise", type=float, default=0.5,
+                           help="strong augmentation: Gaussian noise, times the per-dimension standard deviation")
+    run = parser.add_argument_group("runs and outputs")
+    run.add_argument("--runs", type=int, default=5, help="runs (seeds --seed + i) reported as mean +- std")
+    run.add_argument("--kmeans-init", type=int, default=10, help="k-means restarts")
+    run.add_argument("-s", "--save-to", default=None, metavar="DIR",
+                     help="experiment folder (default: Clustering_results/scan/<dataset>_<algorithm>)")
+    add_common_arguments(parser)
+    return parser
+
+
+def read_label_csv(path):
+    """``{image: label}`` of a CSV with header ``image,label`` (the ground-truth labels file); the one place that
+    reads it here, so it can be rewired to :mod:`helpers.ground_truth`."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"image", "label"} <= {f.strip() for f in reader.fieldnames}:
+            raise ValueError(f"{path}: expected a header image,label")
+        reader.fieldnames = [f.strip() for f in reader.fieldnames]
+        return {row["image"].strip(): row["label"].strip() for row in reader if row.get("image")}
+
+
+def class_labels(names, source="stem"):
+    """Ground-truth class of each image name: ``stem``, ``folder`` or a labels CSV (see ``--labels``)."""
+    if source == "stem":
+        return [identity_of(name) for name in names]
+    if source == "folder":
+        return [Path(name).parent.name for name in names]
+    path = Path(source)
+    if not path.is_file():
+        raise ValueError(f"--labels must be 'stem', 'folder' or a CSV file; {source} is none of them")
+    from adaptation.pairs import NameMatcher
+
+    table = read_label_csv(path)
+    matcher = NameMatcher(list(table), roots=[path.resolve().parent])
+    keys = list(table)
+    labels, missing = [], []
+    for name in names:
+        row = matcher.row(name)
+        if row is None:
+            row = matcher.row(str(Path(name).resolve()))
+        if row is None:
+            missing.append(name)
+            labels.append(None)
+        else:
+            labels.append(table[keys[row]])
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) have no label in {path} (e.g. {missing[:3]})")
+    return labels
+
+
+def _load(stores):
+    sets = [load_features(store) for store in stores]
+    if any(s.binary for s in sets):
+        raise ValueError("SCAN works on float features, not binary hashes")
+    if len({s.features.shape[1] for s in sets}) != 1:
+        raise ValueError("the stores have different widths; give stores of one algorithm")
+    features = np.concatenate([np.asarray(s.features, dtype=np.float32) for s in sets])
+    if not np.isfinite(features).all():
+        raise ValueError("the features hold NaN or infinite values; re-extract them")
+    return features, [n for s in sets for n in s.names], sets[0].meta
+
+
+def stratified_split(labels, test_split, seed):
+    """Train/test row indices holding out ``test_split`` of each class (classes of one image stay in train)."""
+    if not 0 < test_split < 1:
+        raise ValueError(f"--test-split must be between 0 and 1 (exclusive), got {test_split}")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    test = []
+    for value in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == value))
+        take = int(round(test_split * len(rows))) if len(rows) > 1 else 0
+        test.extend(rows[:min(take, len(rows) - 1)])
+    test = np.sort(np.asarray(test, dtype=np.int64))
+    return np.setdiff1d(np.arange(len(labels)), test), test
+
+
+def load_data(args):
+    features, names, meta = _load(args.features)
+    labels = class_labels(names, args.labels)
+    if args.test_features:
+        test_features, test_names, _ = _load(args.test_features)
+        if test_features.shape[1] != features.shape[1]:
+            raise ValueError("--features and --test-features come from different algorithms (widths differ)")
+        test_labels = class_labels(test_names, args.labels)
+        return (features, np.asarray(labels), names), (test_features, np.asarray(test_labels), test_names), meta
+    train, test = stratified_split(labels, args.test_split, args.split_seed)
+    labels = np.asarray(labels)
+    pick = lambda rows: (features[rows], labels[rows], [names[i] for i in rows])  # noqa: E731
+    return pick(train), pick(test), meta
+
+
+def _summary(runs):
+    out = {}
+    for method in METHODS:
+        present = [r[method] for r in runs if method in r]
+        if not present:
+            continue
+        for key in present[0]:
+            values = np.array([p[key] for p in present], dtype=np.float64)
+            out.setdefault(method, {})[key] = {"mean": float(values.mean()), "std": float(values.std()),
+                                               "values": values.tolist()}
+    return out
+
+
+def _check(args):
+    positive = {"--num-neighbors": args.num_neighbors, "--num-heads": args.num_heads, "--epochs": args.epochs,
+                "--batch-size": args.batch_size, "--runs": args.runs, "--kmeans-init": args.kmeans_init}
+    bad = [flag for flag, value in positive.items() if value <= 0]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} must be positive")
+    if args.selflabel_epochs < 0 or not 0 < args.confidence < 1 or not 0 <= args.aug_dropout < 1:
+        raise ValueError("--selflabel-epochs must be >= 0, --confidence in (0, 1), --aug-dropout in [0, 1)")
+
+
+def run(args):
+    """All runs; writes ``results.json`` and returns it."""
+    from finetuning.trainer import summary_writer
+
+    setup_logging(args.log_level)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    _check(args)
+    device = resolve_device(args.device)
+    (x_train, y_train, train_names), (x_test, y_test, test_names), meta = load_data(args)
+    classes = int(np.unique(y_train).size)
+    clusters = args.num_clusters or classes
+    if clusters < 2 or clusters > len(x_train):
+        raise ValueError(f"cannot make {clusters} clusters of {len(x_train)} training images")
+    if len(x_test) == 0:
+        raise ValueError("the test split is empty; give --test-features or a larger --test-split")
+    save_to = Path(args.save_to) if args.save_to else CLUSTERING_DIR / "scan" / slugify(
+        f"{meta.get('dataset', 'data')} {meta.get('name', 'features')}")
+    experiment = start_experiment(save_to, resolved_config(args), force=args.force, device=device)
+    started = time.perf_counter()
+    neighbors = scan.mine_neighbors(x_train, args.num_neighbors, device=device)
+    y_train_codes, y_test_codes = encode_labels(y_train), encode_labels(y_test)
+    neighbor_purity = float((y_train_codes[neighbors] == y_train_codes[:, None]).mean())
+    np.save(save_to / "neighbors.npy", neighbors, allow_pickle=False)
+    write_json(save_to / "split.json", {"train": train_names, "test": test_names})
+    runs = []
+    for index in range(args.runs):
+        seed = args.seed + index
+        seed_everything(seed)
+        run_dir = save_to / f"run_{index}"
+        writer = summary_writer(run_dir)
+        log = lambda tag, value, step: writer.add_scalar(tag, value, step)  # noqa: E731
+        entry = {"run": index, "seed": seed}
+        entry["kmeans"] = scan.scores(y_test_codes, scan.kmeans_baseline(x_train, x_test, clusters, seed,
+                                                                         args.kmeans_init))
+        model, info = scan.train_scan(x_train, neighbors, clusters, num_heads=args.num_heads, hidden=args.hidden,
+                                      entropy_weight=args.entropy_weight, epochs=args.epochs,
+                                      batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                                      seed=seed, device=device, log=log)
+        predicted, _ = scan.predict(model, x_test)
+        entry["scan"] = scan.scores(y_test_codes, predicted)
+        entry["scan_head"], entry["scan_head_losses"] = info["head"], info["losses"]
+        scan.save_heads(run_dir / "scan.pt", model, step="scan", source_name=meta.get("name"), seed=seed,
+                        head=info["head"])
+        np.save(run_dir / "assignment_test_scan.npy", predicted, allow_pickle=False)
+        if args.selflabel_epochs:
+            model, sl_info = scan.train_selflabel(model, x_train, epochs=args.selflabel_epochs,
+                                                  batch_size=args.batch_size, lr=args.selflabel_lr,
+                                                  weight_decay=args.weight_decay, confidence=args.confidence,
+                                                  dropout=args.aug_dropout, noise=args.aug_noise, seed=seed,
+                                                  device=device, log=log)
+            predicted, _ = scan.predict(model, x_test)
+            entry["selflabel"] = scan.scores(y_test_codes, predicted)
+            entry["confident_share"] = sl_info["history"][-1]["confident"]
+            scan.save_heads(run_dir / "selflabel.pt", model, step="selflabel", source_name=meta.get("name"),
+                            seed=seed)
+            np.save(run_dir / "assignment_test_selflabel.npy", predicted, allow_pickle=False)
+        writer.close()
+        runs.append(entry)
+        logger.info("run %d: %s", index, "  ".join(
+            f"{m} acc={entry[m]['acc']:.3f} nmi={entry[m]['nmi']:.3f} ari={entry[m]['ari']:.3f}"
+            for m in METHODS if m in entry))
+    results = {"features": [str(s) for s in args.features], "store_name": meta.get("name"),
+               "n_train": len(x_train), "n_test": len(x_test), "n_classes_train": classes,
+               "n_classes_test": int(np.unique(y_test).size), "num_clusters": clusters,
+               "neighbor_purity": neighbor_purity, "runs": runs, "summary": _summary(runs),
+               "seconds": time.perf_counter() - started, "device": str(device)}
+    write_json(save_to / "results.json", results)
+    summary = results["summary"]
+    experiment.finish(**{f"{m}_{k}": summary[m][k]["mean"] for m in summary for k in ("acc", "nmi", "ari")})
+    print(f"\n{results['store_name']}: {len(x_train)} training / {len(x_test)} test images, {clusters} clusters, "
+          f"{args.runs} run(s), neighbour purity {neighbor_purity:.3f} -> {save_to}")
+    print(f"{'':10}" + "".join(f"{key.upper():>18}" for key in ("acc", "nmi", "ari")))
+    for method in summary:
+        print(f"{method:10}" + "".join(f"{summary[method][k]['mean']:>10.3f} +- {summary[method][k]['std']:.3f}"
+                                       for k in ("acc", "nmi", "ari")))
+    return results
+
+
+def main(argv=None):
+    """``scan.py``: parse, run, one ``error:`` line on bad input."""
+    from helpers.cli import parse_args
+    from helpers.experiment import ExperimentExistsError
+    from helpers.feature_store import FeatureStoreError
+
+    parser = build_parser()
+    args = parse_args(parser, argv)
+    try:
+        run(args)
+    except (ValueError, FeatureStoreError, ExperimentExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
