@@ -4,7 +4,7 @@ and the README's section).
 
 Example::
 
-    python3 scan.py --features Features/demo_memes/resnet50_1x --labels stem --runs 5 \\
+    python3 scan.py --features Features/demo_memes/resnet50_1x --labels files --runs 5 \\
         --config configs/scan/scan_memes.yml
 """
 import sys

@@ -252,7 +252,7 @@ def main(argv=None):
 
     if "scan" not in args.skip:
         folder = OUT / "scan"
-        _main_of("clustering.scan_pipeline", ["--features", store(scan_memes), "--labels", "stem", "--runs",
+        _main_of("clustering.scan_pipeline", ["--features", store(scan_memes), "--labels", "files", "--runs",
                                               args.runs, "--num-neighbors", 5, "--device", "cpu", "-s", folder,
                                               "--force",
                                               "--log-level", "WARNING"])

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from helpers.cli import add_common_arguments, resolved_config
-from helpers.datasets import identity_of
 from helpers.device import resolve_device
 from helpers.experiment import start_experiment
 from helpers.feature_store import load_features
@@ -39,9 +38,10 @@ def build_parser():
                       help="feature store folder(s) of the training images (or of all images, split by --test-split)")
     data.add_argument("--test-features", nargs="+", default=None, metavar="STORE",
                       help="feature store folder(s) of the test images; without it --test-split splits --features")
-    data.add_argument("--labels", default="stem", metavar="stem|folder|CSV",
-                      help="ground-truth classes (for the scores only): 'stem' (file stem up to the first '_', e.g. "
-                           "a meme's template), 'folder' (the parent folder: folder-per-class datasets) or a CSV "
+    data.add_argument("--labels", default="files", metavar="files|folder|CSV",
+                      help="ground-truth classes (for the scores only): 'files' (the labels.csv of the images' "
+                           "dataset folders, written from class folders or <template>_<n> names when missing; see "
+                           "Datasets/README.md), 'folder' (the parent folder: folder-per-class datasets) or a CSV "
                            "with header image,label")
     data.add_argument("--test-split", type=float, default=0.25,
                       help="share of each class held out for the test when --test-features is not given")
@@ -75,29 +75,36 @@ def build_parser():
     return parser
 
 
-def read_label_csv(path):
-    """``{image: label}`` of a CSV with header ``image,label`` (the ground-truth labels file); the one place that
-    reads it here, so it can be rewired to :mod:`helpers.ground_truth`."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"image", "label"} <= {f.strip() for f in reader.fieldnames}:
-            raise ValueError(f"{path}: expected a header image,label")
-        reader.fieldnames = [f.strip() for f in reader.fieldnames]
-        return {row["image"].strip(): row["label"].strip() for row in reader if row.get("image")}
+def store_labels(store):
+    """Class label of each image of a feature store, from its dataset's ``labels.csv`` files
+    (:func:`helpers.ground_truth.dataset_labels`: written from class folders or meme names when missing)."""
+    from helpers.datasets import Dataset
+    from helpers.ground_truth import dataset_labels
+    from helpers.paths import REPO_ROOT
+
+    folders = [Path(f) if Path(f).is_absolute() else REPO_ROOT / f for f in store.meta.get("dataset_folders") or []]
+    if not folders:
+        raise ValueError(f"{store.meta.get('name', 'the store')} does not record its dataset folders (a store made "
+                         "by code): give --labels folder or a labels CSV")
+    dataset = Dataset(store.meta.get("dataset", "dataset"), folders, key=store.meta.get("dataset_key", ""))
+    return dataset_labels(dataset, store.names)
 
 
-def class_labels(names, source="stem"):
-    """Ground-truth class of each image name: ``stem``, ``folder`` or a labels CSV (see ``--labels``)."""
-    if source == "stem":
-        return [identity_of(name) for name in names]
+def class_labels(names, source="files", stores=None):
+    """Ground-truth class of each image: ``files`` (the datasets' ``labels.csv``, see :func:`store_labels`),
+    ``folder`` (the parent folder: folder-per-class datasets) or a labels CSV (header ``image,label``, paths
+    relative to the CSV's folder)."""
+    if source == "files":
+        return [label for store in stores for label in store_labels(store)]
     if source == "folder":
         return [Path(name).parent.name for name in names]
     path = Path(source)
     if not path.is_file():
-        raise ValueError(f"--labels must be 'stem', 'folder' or a CSV file; {source} is none of them")
+        raise ValueError(f"--labels must be 'files', 'folder' or a CSV file; {source} is none of them")
     from adaptation.pairs import NameMatcher
+    from helpers.ground_truth import read_labels
 
-    table = read_label_csv(path)
+    table = read_labels(path)
     matcher = NameMatcher(list(table), roots=[path.resolve().parent])
     keys = list(table)
     labels, missing = [], []
@@ -116,6 +123,7 @@ def class_labels(names, source="stem"):
 
 
 def _load(stores):
+    """``(features, names, meta of the first store, the stores)``."""
     sets = [load_features(store) for store in stores]
     if any(s.binary for s in sets):
         raise ValueError("SCAN works on float features, not binary hashes")
@@ -124,7 +132,7 @@ def _load(stores):
     features = np.concatenate([np.asarray(s.features, dtype=np.float32) for s in sets])
     if not np.isfinite(features).all():
         raise ValueError("the features hold NaN or infinite values; re-extract them")
-    return features, [n for s in sets for n in s.names], sets[0].meta
+    return features, [n for s in sets for n in s.names], sets[0].meta, sets
 
 
 def stratified_split(labels, test_split, seed):
@@ -143,13 +151,13 @@ def stratified_split(labels, test_split, seed):
 
 
 def load_data(args):
-    features, names, meta = _load(args.features)
-    labels = class_labels(names, args.labels)
+    features, names, meta, stores = _load(args.features)
+    labels = class_labels(names, args.labels, stores)
     if args.test_features:
-        test_features, test_names, _ = _load(args.test_features)
+        test_features, test_names, _, test_stores = _load(args.test_features)
         if test_features.shape[1] != features.shape[1]:
             raise ValueError("--features and --test-features come from different algorithms (widths differ)")
-        test_labels = class_labels(test_names, args.labels)
+        test_labels = class_labels(test_names, args.labels, test_stores)
         return (features, np.asarray(labels), names), (test_features, np.asarray(test_labels), test_names), meta
     train, test = stratified_split(labels, args.test_split, args.split_seed)
     labels = np.asarray(labels)

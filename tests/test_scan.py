@@ -105,10 +105,13 @@ def _run(*args):
 
 def test_scan_script_end_to_end(tmp_path):
     x, y = _blobs(n_per_class=24, classes=4)
-    names = [f"c{label}_{i}.png" for i, label in enumerate(y)]  # class = stem up to the first '_'
+    names = [f"c{label}_{i}.png" for i, label in enumerate(y)]
     store = write_store(tmp_path / "F", "blobs", "Toy", x, names)
+    from helpers.ground_truth import write_labels
+
+    labels = write_labels(tmp_path / "labels.csv", {name: f"class{label}" for name, label in zip(names, y)})
     out = tmp_path / "scan"
-    args = ["--features", str(store), "--runs", "2", "--epochs", "20", "--num-neighbors", "5", "--num-heads", "2",
+    args = ["--features", str(store), "--labels", str(labels), "--runs", "2", "--epochs", "20", "--num-neighbors", "5", "--num-heads", "2",
             "--batch-size", "32", "--lr", "0.01", "--selflabel-epochs", "3", "--confidence", "0.9", "-s", str(out),
             "--device", "cpu"]
     result = _run(*args)
@@ -126,6 +129,8 @@ def test_scan_script_end_to_end(tmp_path):
     assert refused.returncode == 2 and "--force" in refused.stderr and "Traceback" not in refused.stderr
     bad = _run("--features", str(store), "--labels", "nope.csv", "-s", str(tmp_path / "b"))
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    unknown = _run("--features", str(store), "-s", str(tmp_path / "c"))  # labels.csv: a store made by code has none
+    assert unknown.returncode == 2 and "dataset folders" in unknown.stderr
 
 
 def test_shipped_configs_parse():
