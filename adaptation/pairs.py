@@ -21,12 +21,20 @@ class PairsError(ValueError):
 
 
 def read_ground_truth_pairs(path):
-    """``(query, reference)`` pairs of a ground-truth CSV (header ``query,reference[,attack]``).
+    """``(query, reference)`` pairs of a ground-truth file (``query,reference[,attack]``, or DISC21's
+    ``query_id,reference_id``), read by :func:`helpers.ground_truth.read_ground_truth`.
 
-    Rows without a reference (negative queries) are skipped. This is the one place that reads ground-truth
-    files for the adaptation function, so it can be rewired to :mod:`helpers.ground_truth`.
+    Rows without a reference (negative queries) are skipped.
     """
-    return read_pairs(path, columns=("query", "reference"))
+    from helpers.ground_truth import GroundTruthError, read_ground_truth
+
+    try:
+        pairs = [(query, reference) for query, reference, _ in read_ground_truth(path).rows() if reference]
+    except GroundTruthError as exc:
+        raise PairsError(str(exc)) from None
+    if not pairs:
+        raise PairsError(f"{path} holds no pair (every query is negative)")
+    return pairs
 
 
 def read_pairs(path, columns=None):
@@ -46,6 +54,11 @@ def read_pairs(path, columns=None):
     path = Path(path)
     if not path.is_file():
         raise PairsError(f"pairs file not found: {path}")
+    if columns is None:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            first = handle.readline().strip().lower().replace(" ", "")
+        if first.startswith(("query,reference", "query_id,reference_id")):
+            return read_ground_truth_pairs(path)  # ground truth: the one reader of those files
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = [name.strip() for name in (reader.fieldnames or [])]
