@@ -16,6 +16,10 @@ Printed for each: n, device, threads, batch size, workers, precision, images/s (
 then ours / peer. The features of both are compared (max abs difference; in bf16 also the cosine similarity to
 fp32 and whether every image's nearest neighbour is the same). Results: ``benchmarks/results/bench_cpu_extraction.json``.
 
+With ``--recall-originals``/``--recall-queries`` (e.g. the demo's ``Datasets/demo/Original`` and ``Attacks``) it also
+extracts a sample of attacked copies and their originals in fp32 and in bf16 and prints recall@1 of each: bf16 is
+worth it only if it is faster and keeps the recall.
+
 Run (2-core CPU): ``.venv/bin/python benchmarks/bench_cpu_extraction.py``
 """
 import argparse
@@ -56,6 +60,13 @@ def build_parser():
                         help="extract_features' decoding workers (default: its own choice)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="extract_features' precision (the peer is fp32) (default: %(default)s)")
+    parser.add_argument("--recall-originals", default=None, metavar="FOLDER",
+                        help="with --recall-queries: also extract these originals and attacked copies in fp32 and in "
+                             "bf16 and compare recall@1 (cosine), e.g. Datasets/demo/Original")
+    parser.add_argument("--recall-queries", default=None, metavar="FOLDER",
+                        help="attacked copies of --recall-originals (e.g. Datasets/demo/Attacks)")
+    parser.add_argument("--recall-sample", type=int, default=300,
+                        help="queries drawn at random (seed 0) for the recall check (default: %(default)s)")
     parser.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" / "bench_cpu_extraction.json"),
                         help="JSON results file (default: %(default)s)")
     add_common_arguments(parser, seed=False, force=False)
@@ -70,6 +81,54 @@ def plain_loop(model, transform, paths, batch_size):
             batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths[start:start + batch_size]])
             rows.append(model(batch).numpy())
     return np.concatenate(rows)
+
+
+def original_of(path):
+    """The original a query is a copy of (the file-name convention: stem up to the first '_'); the one place to
+    change for explicit ground-truth files."""
+    from helpers.datasets import identity_of
+
+    return identity_of(str(path))
+
+
+def recall_check(args, workers):
+    """recall@1 (cosine) of fp32 and bf16 extraction on attacked copies against their originals."""
+    from extractor.extract import extract_features
+    from helpers.feature_store import load_features
+
+    originals = list_images(args.recall_originals)
+    queries = list_images(args.recall_queries)
+    rng = np.random.default_rng(0)
+    queries = [queries[k] for k in sorted(rng.choice(len(queries), min(args.recall_sample, len(queries)),
+                                                     replace=False))]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in ("fp32", "bf16"):
+            stores = []
+            for name, folder in (("originals", args.recall_originals), ("queries", None)):
+                target = folder
+                if folder is None:  # the sampled queries, linked into one folder under their own names
+                    target = Path(tmp) / "queries"
+                    target.mkdir(exist_ok=True)
+                    for path in queries:
+                        link = target / Path(path).name
+                        if not link.exists():
+                            os.symlink(Path(path).resolve(), link)
+                began = time.perf_counter()
+                store_folder, = extract_features([args.algo], str(target), out=Path(tmp) / precision, device="cpu",
+                                                 weights=args.weights, batch_size=args.batch_size, workers=workers,
+                                                 precision=precision, progress=False, force=True)
+                stores.append((load_features(store_folder, mmap=False), time.perf_counter() - began))
+            (db, db_seconds), (q, q_seconds) = stores
+            unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+            nearest = (unit(np.asarray(q.features)) @ unit(np.asarray(db.features)).T).argmax(axis=1)
+            hits = [original_of(db.names[j]) == original_of(name) for j, name in zip(nearest, q.names)]
+            out[precision] = {"recall_at_1": float(np.mean(hits)), "n_queries": len(q.names), "n_db": len(db.names),
+                              "images_per_s": (len(q.names) + len(db.names)) / (db_seconds + q_seconds)}
+            print(f"recall check {precision}: recall@1 {out[precision]['recall_at_1']:.4f} on {len(q.names)} queries "
+                  f"vs {len(db.names)} originals, {out[precision]['images_per_s']:.1f} img/s end to end "
+                  f"(load average {load_average()})", flush=True)
+    return out
 
 
 def load_average():
@@ -111,15 +170,18 @@ def main(argv=None):
         ordered = [str(folder / name) for name in sorted(os.listdir(folder))]
         plain_loop(model, peer_transform, ordered[:args.batch_size], args.batch_size)  # warm-up, as ours' first batch
         peer_times, our_times, peer_features, store = [], [], None, None
+        peer_cpu, our_cpu = [], []
         for round_ in range(args.rounds):
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), time.process_time()
             peer_features = plain_loop(model, peer_transform, ordered, args.batch_size)
             peer_times.append(time.perf_counter() - began)
-            began = time.perf_counter()
+            peer_cpu.append(time.process_time() - cpu)
+            began, cpu = time.perf_counter(), time.process_time()
             out, = extract_features([args.algo], str(folder), out=Path(tmp) / "features", force=True, device="cpu",
                                     weights=args.weights, batch_size=args.batch_size, workers=workers,
                                     precision=args.precision, progress=False, chunk_size=4096)
             our_times.append(time.perf_counter() - began)
+            our_cpu.append(time.process_time() - cpu)
             store = load_features(out, mmap=False)
             print(f"round {round_ + 1}: plain loop {len(paths) / peer_times[-1]:.1f} img/s, extract_features "
                   f"{len(paths) / our_times[-1]:.1f} img/s (load average {load_average()})", flush=True)
@@ -149,6 +211,10 @@ def main(argv=None):
           f"{peer['best']:12.1f}{peer['median']:9.1f}")
     print(f"{'extract_features':32s}{len(paths):6d}{threads:9d}{args.batch_size:7d}{workers:9d}"
           f"{args.precision:>11s}{our['best']:12.1f}{our['median']:9.1f}")
+    cpu_ratio = (len(paths) / min(our_cpu)) / (len(paths) / min(peer_cpu))
+    print(f"images per CPU-second of this process (less disturbed by other jobs; with --workers 0 all the work is "
+          f"in it): plain loop {len(paths) / min(peer_cpu):.1f}, extract_features {len(paths) / min(our_cpu):.1f}"
+          f"{'' if workers == 0 else ' (its workers not counted)'}, ratio {cpu_ratio:.2f}x")
     print(f"ours / plain loop: {ratio:.2f}x (best), {our['median'] / peer['median']:.2f}x (median); features: max abs "
           f"difference {diff:.2e}, min cosine {cosine.min():.6f}, same nearest neighbour for "
           f"{'-' if same_nn is None else f'{100 * same_nn:.1f} %'} of the images; load average {load_average()}")
@@ -160,11 +226,22 @@ def main(argv=None):
         "plain_loop_images_per_s": peer, "extract_features_images_per_s": our,
         "plain_loop_seconds": peer_times, "extract_features_seconds": our_times,
         "ratio_best": ratio, "ratio_median": our["median"] / peer["median"],
+        "plain_loop_cpu_seconds": peer_cpu, "extract_features_cpu_seconds": our_cpu, "ratio_cpu_time": cpu_ratio,
         "features_max_abs_difference": diff, "features_min_cosine": float(cosine.min()),
         "same_nearest_neighbour": same_nn, "load_average_end": load_average(),
         "store_extraction_seconds": store.meta.get("extraction_seconds"),
         "torch": torch.__version__,
     })
+    if args.recall_originals and args.recall_queries:
+        results = {}
+        try:
+            from helpers.results import read_json
+
+            results = read_json(args.out)
+        except (OSError, ValueError):
+            pass
+        results["recall_check"] = recall_check(args, workers)
+        write_json(args.out, results)
     print(f"results: {args.out}")
     return 0
 

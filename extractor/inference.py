@@ -50,8 +50,13 @@ def _conv_bn_pairs(model, example):
 
 
 def _bn_replacement(bn):
-    """What is left of a folded batch norm: nothing, or timm's activation (and its eval-mode dropout)."""
-    tail = [getattr(bn, name) for name in ("drop", "act") if isinstance(getattr(bn, name, None), nn.Module)]
+    """What is left of a folded batch norm: nothing, or timm's activation (and its eval-mode dropout). The
+    activation now reads the convolution's output, which nothing else reads: it runs in place (no new tensor)."""
+    tail = [copy.deepcopy(getattr(bn, name)) for name in ("drop", "act")
+            if isinstance(getattr(bn, name, None), nn.Module)]
+    for module in tail:
+        if hasattr(module, "inplace"):
+            module.inplace = True
     return nn.Sequential(*tail) if tail else nn.Identity()
 
 
