@@ -6,7 +6,8 @@
 - images are read once per pass by :func:`helpers.image_io.load_image` inside a torch ``Dataset`` (DataLoader
   workers, pinned memory on CUDA); files that cannot be read are skipped, listed in the store's ``skipped.txt``
   and reported in one warning;
-- neural models run in ``torch.inference_mode``, in ``channels_last`` on CUDA, with optional bf16/fp16 autocast;
+- neural models run in ``torch.inference_mode``, in ``channels_last``, with their batch norms folded into the
+  convolutions (:mod:`extractor.inference`, a checked copy), with optional bf16/fp16 autocast;
   the CPU workers send ``uint8`` pixels and the normalisation runs on the device (:mod:`extractor.transforms`);
 - all requested hashes share one pass: one decode per image serves every hash;
 - rows are written in chunks (:class:`helpers.feature_store.ChunkedFeatureWriter`): after a kill, the same
