@@ -3,7 +3,8 @@
 Public names (imported lazily, so ``import extractor`` stays cheap and the hashes do not pull in torch):
 
 - models: :func:`build_model`, :class:`EmbeddingNet`, :func:`save_checkpoint`, :func:`load_checkpoint`,
-  :func:`pretrained_weights_file`, :class:`WeightsUnavailableError` (:mod:`extractor.models`);
+  :func:`pretrained_weights_file`, :func:`package_weights_file`, :func:`timm_pretrained_file`,
+  :func:`sscd_weights_file`, :func:`positional_state`, :class:`WeightsUnavailableError` (:mod:`extractor.models`);
 - registry: :func:`resolve_algorithm`, :func:`get_model_spec`, :func:`model_names`, :data:`SEED_MODELS`
   (:mod:`extractor.registry`);
 - preprocessing: :class:`Preprocessing`, :class:`ImageTransform`, :func:`reference_transform`
@@ -17,7 +18,8 @@ import importlib
 
 _EXPORTS = {
     "models": ("build_model", "EmbeddingNet", "save_checkpoint", "load_checkpoint", "WeightsUnavailableError",
-               "CHECKPOINT_FORMAT", "pretrained_weights_file"),
+               "CHECKPOINT_FORMAT", "pretrained_weights_file", "package_weights_file", "timm_pretrained_file",
+               "sscd_weights_file", "positional_state"),
     "registry": ("resolve_algorithm", "get_model_spec", "model_names", "SEED_MODELS", "ModelSpec", "CheckpointSpec"),
     "transforms": ("Preprocessing", "ImageTransform", "reference_transform"),
     "extract": ("extract_features", "embed_images"),

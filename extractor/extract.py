@@ -6,7 +6,8 @@
 - images are read once per pass by :func:`helpers.image_io.load_image` inside a torch ``Dataset`` (DataLoader
   workers, pinned memory on CUDA); files that cannot be read are skipped, listed in the store's ``skipped.txt``
   and reported in one warning;
-- neural models run in ``torch.inference_mode``, in ``channels_last`` on CUDA, with optional bf16/fp16 autocast;
+- neural models run in ``torch.inference_mode``, in ``channels_last``, with their batch norms folded into the
+  convolutions (:mod:`extractor.inference`, a checked copy), with optional bf16/fp16 autocast;
   the CPU workers send ``uint8`` pixels and the normalisation runs on the device (:mod:`extractor.transforms`);
 - all requested hashes share one pass: one decode per image serves every hash;
 - rows are written in chunks (:class:`helpers.feature_store.ChunkedFeatureWriter`): after a kill, the same
@@ -172,19 +173,35 @@ class Embedder:
     the aspect ratio), and returns float32 embeddings on the device, one row per image in order.
     """
 
-    def __init__(self, model, transform, device, precision="fp32", channels_last=None):
+    def __init__(self, model, transform, device, precision="fp32", channels_last=None, optimize=False):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.device = torch.device(device)
-        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        # channels_last: cuDNN's and oneDNN's fast layout (on a CPU only for the optimised extraction, which owns its
+        # model; embed_images leaves the caller's model as it is).
+        if channels_last is None:
+            channels_last = self.device.type == "cuda" or bool(optimize)
+        self.channels_last = channels_last
+        self.optimize = bool(optimize)
         self.model = model
         self.transform = transform
         self.dtype = PRECISIONS[precision]
         self.precision = precision
+        self.folded = 0
 
     def prepare_model(self):
-        """Move the model to the device (in ``channels_last`` on CUDA), eval mode."""
+        """Move the model to the device, eval mode, in ``channels_last`` (on CUDA; on the CPU too with
+        ``optimize``); with ``optimize`` the batch norms are folded into their convolutions first (a checked copy,
+        :func:`extractor.inference.fold_batch_norms`)."""
         self.model.eval().to(self.device)
+        if self.optimize and not isinstance(self.model, torch.jit.ScriptModule):
+            from .inference import fold_batch_norms
+
+            size = getattr(getattr(self.transform, "preprocessing", None), "input_size", None) or (64, 64)
+            example = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0)).to(self.device)
+            self.model, self.folded = fold_batch_norms(self.model, example)
+            if self.folded:
+                logger.info("folded %d batch norms into their convolutions", self.folded)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
@@ -625,7 +642,9 @@ def _model_job(spec_or_checkpoint, *, weights, seed, device, precision, layers, 
     display_name = _display_name(spec_or_checkpoint, name, layers)
     if layers:
         model = MultiLayerFeatures(model, layers)
-    embedder = Embedder(model, transform, device, precision).prepare_model()
+    # optimize: batch norms folded into the convolutions and channels_last on the CPU too (the model is ours, built
+    # for this pass); not with --layers, whose hooks read the modules as they are.
+    embedder = Embedder(model, transform, device, precision, optimize=not layers).prepare_model()
     if layers:
         h, w = transform.preprocessing.input_size
         width = int(embedder.forward(torch.zeros(1, 3, h, w, device=device)).shape[1])

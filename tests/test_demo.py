@@ -4,7 +4,9 @@ The recall table the demo writes is recomputed here by brute force from the feat
 distances of the unpacked Dhash bits, cosine distances of the model's features), and a second run must reuse
 every finished step.
 """
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,8 +35,9 @@ def _copy_repository(target):
 
 
 def _run_demo(repo):
+    # DEMO_TEST_TIMEOUT: seconds, for a shared machine whose load slows the demo beyond the 15 minutes it is given.
     return subprocess.run([sys.executable, "demo.py", "--memes-per-template", "3"], cwd=repo,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=int(os.environ.get("DEMO_TEST_TIMEOUT", 900)))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ def _recall_bounds(distances, db_names, query_names, k, tolerance):
 def test_demo_writes_results_that_numpy_reproduces(demo):
     repo, first = demo
     results = json.loads((repo / "Results" / "demo" / "results.json").read_text())
-    assert results["complete"] is True and set(results["algorithms"]) == {"Dhash 64 bits", "ResNet18 1x"}
+    assert results["complete"] is True and set(results["algorithms"]) == {"Dhash 64 bits", "EfficientNet-Lite0"}
 
     db, db_names, meta = _features(repo, "demo", "dhash_64_bits")
     queries, query_names, _ = _features(repo, "demo_attacks", "dhash_64_bits")
@@ -87,19 +90,26 @@ def test_demo_writes_results_that_numpy_reproduces(demo):
         lower, upper = _recall_bounds(hamming.astype(float), db_names, query_names, k, tolerance=0.0)
         assert lower <= recall <= upper, (k, lower, recall, upper)
 
-    db, db_names, meta = _features(repo, "demo", "resnet18_1x")
-    queries, query_names, _ = _features(repo, "demo_attacks", "resnet18_1x")
-    assert db.dtype == np.float32 and db.shape == (len(db_names), 512)
+    db, db_names, meta = _features(repo, "demo", "efficientnet-lite0")
+    queries, query_names, _ = _features(repo, "demo_attacks", "efficientnet-lite0")
+    assert db.dtype == np.float32 and db.shape == (len(db_names), 1280)
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     cosine = 1.0 - unit(queries.astype(np.float64)) @ unit(db.astype(np.float64)).T
-    run = results["algorithms"]["ResNet18 1x"]["runs"]["Flat--cosine"]
+    run = results["algorithms"]["EfficientNet-Lite0"]["runs"]["Flat--cosine"]
     for k, recall in zip(KS, run["recall"]):
         lower, upper = _recall_bounds(cosine, db_names, query_names, k, tolerance=1e-6)
         assert lower <= recall <= upper, (k, lower, recall, upper)
 
-    weights = meta.get("weights")
-    if weights.startswith("random"):  # no pretrained weights in the torch cache: the output and the results say so
-        assert "RANDOM" in first.stdout
+    # Pretrained weights, from the package installed by requirements.txt (no download, nothing placed by hand).
+    from extractor.models import package_weights_file
+
+    package_file = package_weights_file("EfficientNet-Lite0")
+    assert meta["weights"].startswith("pretrained") and meta["weights_sha256"] == \
+        hashlib.sha256(package_file.read_bytes()).hexdigest()
+    assert "RANDOM" not in first.stdout + first.stderr and "random" not in meta["weights"]
+    # Real retrieval: the pretrained model finds the original of nearly every attacked copy, more often than the hash.
+    hash_recall = results["algorithms"]["Dhash 64 bits"]["runs"]["BFlat--hamming"]["recall"][0]
+    assert run["recall"][0] >= 0.95 and run["recall"][0] > hash_recall
     assert "recall@k" in first.stdout and "Dhash 64 bits" in first.stdout
 
 
@@ -107,7 +117,7 @@ def test_demo_writes_every_output(demo):
     repo, _ = demo
     results = repo / "Results" / "demo"
     for name in ("config.yml", "experiment.yml", "time_recall.png", "time_recall.pdf", "per_attack_dhash_64_bits.png",
-                 "precision_recall_resnet18_1x.png"):
+                 "precision_recall_efficientnet-lite0.png"):
         assert (results / name).is_file(), name
     assert "status: finished" in (results / "experiment.yml").read_text()
     assert (repo / "Neighbors" / "demo" / "index.html").is_file()

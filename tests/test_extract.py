@@ -85,7 +85,8 @@ def test_embed_images_gives_the_store_rows(dataset, reference):
     store = load_features(reference["resnet18_1x"])
     from_paths = embed_images(model, transform, paths[:3], batch_size=1)
     from_images = embed_images(model, transform, [load_image(p) for p in paths[3:5]], batch_size=2)
-    assert np.array_equal(from_paths, store.features[:3])
+    # The store's extraction folds the batch norms into the convolutions and runs channels_last: float rounding.
+    assert np.allclose(from_paths, store.features[:3], atol=1e-5)
     assert np.allclose(from_images, store.features[3:5], atol=1e-5)
     model.train()
     with pytest.raises(ImageLoadError, match="img1b.jpg"):
