@@ -83,17 +83,19 @@ def plain_loop(model, transform, paths, batch_size):
     return np.concatenate(rows)
 
 
-def original_of(path):
-    """The original a query is a copy of (the file-name convention: stem up to the first '_'); the one place to
-    change for explicit ground-truth files."""
-    from helpers.datasets import identity_of
+def originals_of(queries_folder):
+    """``{query file name: its original's path relative to the originals folder}``, from the queries folder's
+    ``ground_truth.csv`` (written by ``generate_attacks.py``; :mod:`helpers.ground_truth`)."""
+    from helpers.ground_truth import read_ground_truth
 
-    return identity_of(str(path))
+    truth = read_ground_truth(Path(queries_folder) / "ground_truth.csv")
+    return {Path(query).name: reference for query, reference, _ in truth.rows()}
 
 
 def recall_check(args, workers):
     """recall@1 (cosine) of fp32 and bf16 extraction on attacked copies against their originals."""
     from extractor.extract import extract_features
+    from helpers.datasets import resolve_dataset
     from helpers.feature_store import load_features
 
     originals = list_images(args.recall_originals)
@@ -122,7 +124,9 @@ def recall_check(args, workers):
             (db, db_seconds), (q, q_seconds) = stores
             unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
             nearest = (unit(np.asarray(q.features)) @ unit(np.asarray(db.features)).T).argmax(axis=1)
-            hits = [original_of(db.names[j]) == original_of(name) for j, name in zip(nearest, q.names)]
+            truth = originals_of(args.recall_queries)
+            relative = resolve_dataset(args.recall_originals).relative_names(db.names)
+            hits = [relative[j] == truth.get(Path(name).name) for j, name in zip(nearest, q.names)]
             out[precision] = {"recall_at_1": float(np.mean(hits)), "n_queries": len(q.names), "n_db": len(db.names),
                               "images_per_s": (len(q.names) + len(db.names)) / (db_seconds + q_seconds)}
             print(f"recall check {precision}: recall@1 {out[precision]['recall_at_1']:.4f} on {len(q.names)} queries "
