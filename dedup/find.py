@@ -39,18 +39,10 @@ def _fraction(text):
     return value
 
 
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser():
-    from helpers.cli import add_common_arguments
+    from helpers.cli import add_common_arguments, positive_int
 
     parser = argparse.ArgumentParser(
         prog="find_duplicates.py",
@@ -78,13 +70,13 @@ def build_parser():
                         help="calibrated threshold (the default when no explicit one is given): the loosest "
                              "threshold keeping this precision on edited copies of a sample of your images "
                              "(default: %(default)s)")
-    parser.add_argument("--calibration-sample", type=_positive, default=100,
+    parser.add_argument("--calibration-sample", type=positive_int, default=100,
                         help="images of the collection edited for the calibration (default: %(default)s)")
     parser.add_argument("--edit-families", nargs="+", default=None, metavar="FAMILY",
                         help="edit families of the calibration copies (default: all families of the attack "
                              "generator: noise blur jpeg scale crop rotation shear enhancement text overlay flip "
                              "padding paste perspective pixelization grayscale meme; 'chain' adds chained edits)")
-    parser.add_argument("--calibration-k", type=_positive, default=512,
+    parser.add_argument("--calibration-k", type=positive_int, default=512,
                         help="non-copies are counted among each calibration copy's k nearest images "
                              "(default: %(default)s)")
     parser.add_argument("--verify-with", default=None, metavar="MODEL",
@@ -118,10 +110,10 @@ def build_parser():
                         help="carry out --move-to / --symlink-to (otherwise a dry run reports what would happen)")
     parser.add_argument("--undo", default=None, metavar="LOG",
                         help="reverse the moves and links of an undo log (OUTPUT/undo.jsonl) and exit")
-    parser.add_argument("--workers", type=_positive, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1),
                         help="hashing processes (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive, default=32, help="model batch size (default: %(default)s)")
-    parser.add_argument("--html-limit", type=_positive, default=2000,
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="model batch size (default: %(default)s)")
+    parser.add_argument("--html-limit", type=positive_int, default=2000,
                         help="pairs shown in review.html (all are in pairs.csv) (default: %(default)s)")
     add_common_arguments(parser)
     return parser

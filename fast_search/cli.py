@@ -9,7 +9,8 @@ import os
 # Set here, before FAISS is loaded, for the scripts only; an OMP_WAIT_POLICY set by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from helpers.cli import add_common_arguments, add_max_pixels_argument, parse_args, resolved_config  # noqa: E402
+from helpers.cli import (add_common_arguments, add_max_pixels_argument, parse_args, positive_int,  # noqa: E402
+                         resolved_config)
 from helpers.experiment import ExperimentExistsError  # noqa: E402
 from helpers.feature_store import FeatureStoreError  # noqa: E402
 from helpers.log import setup_logging  # noqa: E402
@@ -19,14 +20,6 @@ from .experiment import EXPERIMENTS  # noqa: E402
 from .index import BACKENDS, METRICS  # noqa: E402
 
 
-def _positive(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _data_arguments(parser, several_algos, required=True):
@@ -47,7 +40,7 @@ def _data_arguments(parser, several_algos, required=True):
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto: FAISS on CPU; on CUDA FAISS GPU when installed, else the exact torch backend "
                              "for Flat L2/cosine/L1; faiss or torch force one (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="queries per search batch (bounds memory; default: 8192 FAISS, 4096/1024 torch "
                              "GPU/CPU)")
     parser.add_argument("--features-root", default=str(FEATURES_DIR),
@@ -70,12 +63,12 @@ def search_experiment_parser():
     parser.add_argument("--metrics", nargs="+", choices=METRICS, default=None,
                         help="metrics (default: L2 L1 cosine for 'metrics', else L2 cosine; binary hashes always "
                              "use hamming)")
-    parser.add_argument("--ks", nargs="+", type=_positive, default=None,
+    parser.add_argument("--ks", nargs="+", type=positive_int, default=None,
                         help="numbers of neighbours k (default: 1 2 3 4 5 10 20 for 'k', else 1; sweeps use the "
                              "first)")
-    parser.add_argument("--nprobes", nargs="+", type=_positive, default=None,
+    parser.add_argument("--nprobes", nargs="+", type=positive_int, default=None,
                         help="IVF lists visited per query (default for 'nprobe': 1 5 10 20 50 100 200)")
-    parser.add_argument("--efsearch", nargs="+", type=_positive, default=None,
+    parser.add_argument("--efsearch", nargs="+", type=positive_int, default=None,
                         help="HNSW efSearch values (default for 'efsearch': 16 32 64 128 256)")
     parser.add_argument("--index", nargs="+", default=None, metavar="FACTORY",
                         help="FAISS factory strings: Flat, IVF4096,Flat, HNSW32, IVF4096,PQ64 ... (binary: BFlat, "
@@ -85,7 +78,7 @@ def search_experiment_parser():
                         help="background dataset for score normalisation (SSCD's uAP-SN): each query's distances "
                              "minus BETA x its distance to its K-th nearest background image give muap_sn "
                              "(default: none)")
-    parser.add_argument("--score-norm-k", type=_positive, default=1, metavar="K",
+    parser.add_argument("--score-norm-k", type=positive_int, default=1, metavar="K",
                         help="neighbour rank in the background set for --score-norm-dataset (default: %(default)s)")
     parser.add_argument("--score-norm-beta", type=float, default=1.0, metavar="BETA",
                         help="weight of the background distance for --score-norm-dataset (default: %(default)s)")
@@ -93,12 +86,12 @@ def search_experiment_parser():
                         help="write each query's neighbours (rank, image, distance, correct, tie group) of every "
                              "run and point to RESULTS_ROOT/NAME/neighbors/*.csv.gz (format: "
                              "fast_search/neighbor_table.py; explore_neighbors.py --neighbors-file draws a gallery from it)")
-    parser.add_argument("--repeats", type=_positive, default=3,
+    parser.add_argument("--repeats", type=positive_int, default=3,
                         help="time each search this many times and keep the best (default: %(default)s)")
-    parser.add_argument("--train-size", type=_positive, default=None,
+    parser.add_argument("--train-size", type=positive_int, default=None,
                         help="train IVF/PQ indexes on at most this many database rows, drawn at random (default: "
                              "all; FAISS samples up to 256 per IVF list)")
-    parser.add_argument("--threads", type=_positive, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for FAISS and torch (default: all cores)")
     parser.add_argument("--results-root", default=str(RESULTS_DIR),
                         help="folder of the experiment folders (default: Results/ in the repository)")
@@ -139,13 +132,13 @@ def explore_neighbors_parser():
                         help="distance (default: %(default)s; hashes always use hamming)")
     parser.add_argument("--index", dest="factory", default="Flat", metavar="FACTORY",
                         help="FAISS factory string of the index searched (default: %(default)s, exact)")
-    parser.add_argument("--k", type=_positive, default=10, help="neighbours shown per query (default: %(default)s)")
-    parser.add_argument("--limit", type=_positive, default=None,
+    parser.add_argument("--k", type=positive_int, default=10, help="neighbours shown per query (default: %(default)s)")
+    parser.add_argument("--limit", type=positive_int, default=None,
                         help="at most this many queries, incorrect ones first (default: all)")
-    parser.add_argument("--correct-within", type=_positive, default=1,
+    parser.add_argument("--correct-within", type=positive_int, default=1,
                         help="a query is Correct when its target is among this many nearest neighbours "
                              "(default: %(default)s)")
-    parser.add_argument("--tile", type=_positive, default=160, help="montage tile size in pixels (default: "
+    parser.add_argument("--tile", type=positive_int, default=160, help="montage tile size in pixels (default: "
                                                                     "%(default)s)")
     parser.add_argument("--neighbors-root", default=str(NEIGHBORS_DIR),
                         help="folder of the galleries (default: Neighbors/ in the repository)")

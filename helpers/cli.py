@@ -24,6 +24,17 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
+def positive_int(text):
+    """argparse type of a positive integer (``--k 10``), with the flag's own error message otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def add_common_arguments(parser, device=True, seed=True, force=True):
     """Add ``--config``, ``--log-level`` and, on request, ``--device``, ``--seed`` and ``--force``."""
     parser.add_argument("--config", metavar="FILE", default=None,
