@@ -377,3 +377,25 @@ def test_identity_survives_symbolic_links(tmp_path):
         extract_features(DHASH, [str(folder)], out=root, progress=False, workers=0)
         store = load_features(feature_dir(str(folder), DHASH, root))
         assert D.resolve_dataset(str(folder)).relative_names(store.names) == ["100007.jpg", "100039.jpg"]
+
+
+def test_csv_and_file_name_adapters_write_ground_truth(tmp_path):
+    """A folder of originals + a folder of copies + any CSV; and a folder of an older version named <id>_<attack>."""
+    from data_retrieval.adapters import main as adapters_main
+
+    originals = _photos(tmp_path / "originals", ["a.jpg", "b.jpg"], [1, 2])
+    copies = _photos(tmp_path / "copies", ["copy of a.jpg", "b_small.jpg", "unrelated.jpg"], [1, 2, 9])
+    source = tmp_path / "pairs.csv"
+    source.write_text("copy,original,edit\ncopy of a.jpg,a.jpg,jpeg\nb_small.jpg,b.jpg,scale\nunrelated.jpg,,\n")
+    assert adapters_main(["csv", str(source), str(copies), "--query-column", "copy", "--reference-column",
+                          "original", "--attack-column", "edit"]) == 0
+    assert read_ground_truth(copies / "ground_truth.csv").rows() == [
+        ("copy of a.jpg", "a.jpg", "jpeg"), ("b_small.jpg", "b.jpg", "scale"), ("unrelated.jpg", None, None)]
+    source.write_text("copy,original\nmissing.jpg,a.jpg\n")
+    with pytest.raises(SystemExit) as refused:  # a copy that is not in the folder: one error line, exit 2
+        adapters_main(["csv", str(source), str(copies), "--query-column", "copy", "--reference-column", "original"])
+    assert refused.value.code == 2
+    (copies / "ground_truth.csv").unlink()
+    assert adapters_main(["names", str(copies), str(originals)]) == 0
+    truth = read_ground_truth(copies / "ground_truth.csv")
+    assert truth.references == {"copy of a.jpg": None, "b_small.jpg": "b.jpg", "unrelated.jpg": None}
