@@ -4,11 +4,12 @@ import os
 import time
 from pathlib import Path
 
+from helpers.cli import positive_int
 from helpers.image_io import SkipReport, list_images
 from helpers.log import get_logger
 from helpers.results import write_json
 
-from .find import DEFAULT_ALGO, _fraction, _positive, explicit_threshold
+from .find import DEFAULT_ALGO, _fraction, explicit_threshold
 
 logger = get_logger(__name__)
 
@@ -39,14 +40,14 @@ def build_parser():
                         help="with --factory auto: index memory allowed for --expected-size vectors (2GB, 512MiB)")
     parser.add_argument("--latency-budget-ms", type=float, default=None,
                         help="with --factory auto: milliseconds allowed per single-image search")
-    parser.add_argument("--expected-size", type=_positive, default=None,
+    parser.add_argument("--expected-size", type=positive_int, default=None,
                         help="with --factory auto: number of images the index will hold (default: this folder's)")
     parser.add_argument("--qdrant", default=None, metavar="LOCATION",
                         help="store the vectors in a Qdrant collection (named after the index) instead of a FAISS "
                              "file: a folder (embedded mode, no server) or http(s)://HOST:6333 (a server or "
                              "cluster; QDRANT_API_KEY from the environment)")
-    parser.add_argument("--nprobe", type=_positive, default=None, help="IVF lists visited per query")
-    parser.add_argument("--efsearch", type=_positive, default=None, help="HNSW efSearch")
+    parser.add_argument("--nprobe", type=positive_int, default=None, help="IVF lists visited per query")
+    parser.add_argument("--efsearch", type=positive_int, default=None, help="HNSW efSearch")
     threshold = parser.add_mutually_exclusive_group()
     threshold.add_argument("--max-distance", type=float, default=None,
                            help="likely copies: within this many bits (hashes)")
@@ -55,9 +56,9 @@ def build_parser():
     parser.add_argument("--precision", type=_fraction, default=0.99,
                         help="calibrated threshold of likely copies, as in find_duplicates.py (default: "
                              "%(default)s)")
-    parser.add_argument("--calibration-sample", type=_positive, default=100,
+    parser.add_argument("--calibration-sample", type=positive_int, default=100,
                         help="images edited for the calibration (default: %(default)s)")
-    parser.add_argument("--workers", type=_positive, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=positive_int, default=min(4, os.cpu_count() or 1),
                         help="hashing processes (default: %(default)s)")
     add_common_arguments(parser, force=True)
     return parser
@@ -140,10 +141,10 @@ def query_parser():
                     "calibrated threshold) are marked.")
     parser.add_argument("images", nargs="+", help="query image files (or folders)")
     parser.add_argument("--index", required=True, metavar="NAME", help="index name (Indexes/NAME) or folder")
-    parser.add_argument("-k", type=_positive, default=10, help="neighbours per query (default: %(default)s)")
+    parser.add_argument("-k", type=positive_int, default=10, help="neighbours per query (default: %(default)s)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE")
-    parser.add_argument("--nprobe", type=_positive, default=None, help="override the index's IVF nprobe")
-    parser.add_argument("--efsearch", type=_positive, default=None, help="override the index's HNSW efSearch")
+    parser.add_argument("--nprobe", type=positive_int, default=None, help="override the index's IVF nprobe")
+    parser.add_argument("--efsearch", type=positive_int, default=None, help="override the index's HNSW efSearch")
     add_common_arguments(parser, seed=False, force=False)
     return parser
 
