@@ -293,9 +293,24 @@ def evaluate_model(model, data, sizes, keep_columns, groups, label):
 
 # ----------------------------------------------------------------------------------------------- training
 
+def simclr_config(args, folders, epochs, log_dir):
+    """The seed's SimCLR recipe (projection head, SimCLR augmentations, LARS with the automatic rate, temperature
+    0.1, no KoLeo, no regulariser), from the same pretrained start, budget, validation set and selection."""
+    from finetuning.config import FinetuneConfig
+
+    return FinetuneConfig(
+        train_dataset=[str(folders["train"])], val_dataset=str(folders["validation"]), log_dir=str(log_dir),
+        backbone=args.backbone, model=args.weights, mode="simclr", size=args.size, epochs=epochs,
+        batch_size=args.batch_size, val_copies=args.val_copies, val_every=1, select_metric="muap",
+        edit_families=[f for f in args.families if f not in args.held_out], workers=args.workers, device="cpu",
+        seed=args.seed, force=True, keep_checkpoints="best_last", log_every=5, log_level="WARNING")
+
+
 def training_config(args, folders, koleo, regularised, epochs, log_dir):
     from finetuning.config import FinetuneConfig
 
+    if koleo == "simclr":
+        return simclr_config(args, folders, epochs, log_dir)
     trained = [f for f in args.families if f not in args.held_out]            # includes "chain" (of trained ones)
     return FinetuneConfig(
         train_dataset=[str(folders["train"])], val_dataset=str(folders["validation"]), log_dir=str(log_dir),
@@ -358,7 +373,7 @@ def train(args, folders, koleo, regularised, minutes, tag):
         seconds = summary.get("train_seconds")
         log(f"{tag}: reusing the finished run in {config.log_dir} (same configuration)")
     history = [{k: v for k, v in r.items() if isinstance(v, (int, float))} for r in summary["history"]]
-    record = {"koleo_weight": koleo, "regularised": regularised, "train_seconds": seconds,
+    record = {"mode": config.mode, "koleo_weight": koleo if koleo != "simclr" else 0.0, "regularised": regularised, "train_seconds": seconds,
               "epochs_trained": summary["last_epoch"], "best_epoch": summary["best_epoch"],
               "validation_best_muap": summary["best_value"], "history": history,
               "stopped_early": summary.get("stopped_early"), "load_average_after": load_average()}
@@ -399,6 +414,8 @@ def print_table(models, hashes, best_hash, size, families, groups):
     columns = [("start", models["start"][size]), ("fine-tuned", models["finetuned"][size])]
     if "finetuned_no_regulariser" in models:
         columns.append(("no reg.", models["finetuned_no_regulariser"][size]))
+    if "simclr" in models:
+        columns.append(("SimCLR (seed)", models["simclr"][size]))
     print(f"\nrecall@1 (µAP) at {size} px; best hash {best_hash}: recall@1 pessimistic / expected under ties")
     header = f"{'':<22}" + "".join(f"{name:>20}" for name, _ in columns) + f"{'best hash':>22}"
     print(header)
@@ -446,6 +463,8 @@ def build_parser():
     parser.add_argument("--distill_weight", type=float, default=1.0, help="(default: %(default)s)")
     parser.add_argument("--no_unregularised", action="store_true",
                         help="skip the run without the regulariser (with/without comparison)")
+    parser.add_argument("--no_simclr", action="store_true",
+                        help="skip the seed's SimCLR-mode run shown beside copy-detection mode")
     parser.add_argument("--freeze_bn", type=int, default=1, choices=[0, 1], help="(default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=3, help="(default: %(default)s)")
     parser.add_argument("--warmup_epochs", type=float, default=0.5, help="(default: %(default)s)")
@@ -507,7 +526,7 @@ def main(argv=None):
     probe = training_config(args, folders, 0.0, True, 1, args.work / "probe")
     models = {"start": evaluate_model(starting_model(probe), data, sizes, keep, groups, "start")}
     eval_seconds = sum(models["start"][str(s)]["embed_seconds"] for s in sizes)
-    runs = len(args.koleo_sweep) + (0 if args.no_unregularised else 1)
+    runs = len(args.koleo_sweep) + (0 if args.no_unregularised else 1) + (0 if args.no_simclr else 1)
     sweep, sweep_models = {}, {}
     for index, koleo in enumerate(args.koleo_sweep):
         left = deadline - time.time() - (2 * eval_seconds + 60)
@@ -523,11 +542,18 @@ def main(argv=None):
     unregularised = None
     if not args.no_unregularised:
         left = deadline - time.time() - (eval_seconds + 30)
+        left = left / (2 if not args.no_simclr else 1)
         unregularised, model = train(args, folders, float(chosen), False, max(1.0, left / 60),
                                      f"koleo_{chosen}_no_regulariser")
         models["finetuned_no_regulariser"] = (
             evaluate_model(model, data, sizes, keep, groups, "fine-tuned without regulariser")
             if model is not None else models["start"])
+    simclr = None
+    if not args.no_simclr:
+        left = deadline - time.time() - (eval_seconds + 30)
+        simclr, model = train(args, folders, "simclr", False, max(1.0, left / 60), "simclr_seed_recipe")
+        models["simclr"] = (evaluate_model(model, data, sizes, keep, groups, "SimCLR mode (seed recipe)")
+                            if model is not None else models["start"])
     total = time.time() - started
     for size in sizes:
         print_table(models, hashes, best_hash, str(size), args.families, groups)
@@ -552,6 +578,7 @@ def main(argv=None):
                                                      args.work / "x").to_dict().items()
                    if k not in ("log_dir", "train_dataset", "val_dataset")},
         "koleo_sweep": sweep, "koleo_chosen_on_validation": float(chosen), "unregularised_run": unregularised,
+        "simclr_run": simclr,
         "hashes": hashes, "best_hash": best_hash, "models": models, "target": target,
         "test_set_seconds": data["seconds"], "total_seconds": total, "load_average_end": load_average(),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
