@@ -217,6 +217,7 @@ def recall(database, attacks, work, workers):
                 "recall_at_1_pessimistic": float(np.asarray(pes)[positive].mean()),
                 "recall_at_1_expected": float(np.asarray(expected)[positive].mean()),
                 "queries": n_queries, "database": int(exp.n)}
+            exp.close()
     print("recall@1 (pessimistic / expected) of the seed's attacks of the 200 test photos vs the 500 photos:")
     for algorithm, modes in out.items():
         for mode, v in modes.items():
@@ -285,8 +286,10 @@ def main(argv=None):
             rows = time_folder(label, folder, args, out)
             results["timing"].extend(rows)
             print_rows(rows)
+            write_json(args.output, results)  # kept if a later part fails
     if args.agreement:
         results["agreement"] = agreement(photos)
+        write_json(args.output, results)
     if args.recall:
         results["recall"] = recall(jpeg, attacks, work, args.workers)
     results["setup"]["load_average_end"] = os.getloadavg()
