@@ -7,7 +7,8 @@ The peer is what a user would otherwise run: imagededup's ``PHash().encode_image
 (decode, hash, feature store written), in the two decode modes of ``--hash-decode``: ``exact`` (imagehash's bits)
 and ``fast`` (reduced-size decoding). Every timed call runs in this process after the imports (imagededup's
 ``from imagededup.methods import PHash`` and ours are done once before timing), the three sides interleaved,
-``--repeat`` times; the best and the median wall time of each are reported, with CPU time (this process and its
+``--repeat`` times after one untimed warm-up call of each (files in the page cache, lazy imports done); the best
+and the median wall time of each are reported, with CPU time (this process and its
 workers) and the ratios to imagededup measured in the same run.
 
 Folders (built under ``--work``, links to the photos, never inside the repository):
@@ -120,6 +121,8 @@ def time_folder(label, folder, args, out):
     for mode in MODES:
         sides[f"ours {mode}"] = (lambda m: lambda: run_ours(folder, args.workers, m, args.hash, out))(mode)
     runs = {side: [] for side in sides}
+    for side, fn in sides.items():  # untimed warm-up: files in the page cache, lazy imports done, for every side
+        fn()
     for repeat in range(args.repeat):
         for side, fn in sides.items():
             cpu0, t0 = cpu_seconds(), time.perf_counter()
