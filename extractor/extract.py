@@ -129,10 +129,11 @@ class HashItem:
     loads_itself = True
 
     def __init__(self, specs, decode="exact"):
-        from .hashing import check_decode
+        from .hashing import check_decode, warm_up
 
         self.specs = list(specs)
         self.decode = check_decode(decode)
+        warm_up(self.specs)  # in the main process: the forked DataLoader workers inherit what it sets up
 
     def __call__(self, item, max_pixels=DEFAULT_MAX_PIXELS):
         from .hashing import compute_hashes, load_for_hashing

@@ -691,6 +691,18 @@ def _hash_chunk(job):
     return rows, errors
 
 
+def warm_up(specs):
+    """Compute ``specs`` once on a small image in this process, so that worker processes forked from it inherit
+    the lazy imports (scipy's DCT, PyWavelets) and the resampling set-up (Pillow's pass-order probe) instead of
+    each paying them on its first image."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    image = Image.fromarray(((xx * 4 + yy * 3) % 256).astype(np.uint8), "L").convert("RGB")
+    try:
+        compute_hashes(image, specs)
+    except (ValueError, OSError):  # a warm-up only: the real images report their own errors
+        pass
+
+
 def _init_worker():
     # One BLAS thread per worker process: the products are small and the processes already use every core.
     try:
@@ -734,7 +746,10 @@ def iter_hashes(paths, specs, workers=1, max_pixels=DEFAULT_MAX_PIXELS, chunksiz
     size = default_chunksize(len(paths), workers) if chunksize is None else max(1, int(chunksize))
     jobs = [(paths[a:a + size], specs, max_pixels, decode) for a in range(0, len(paths), size)]
     bounds = np.cumsum([0] + [spec.nbytes for spec in specs])
-    with pool_context().Pool(min(int(workers), len(jobs)), initializer=_init_worker) as pool:
+    context = pool_context()
+    if context.get_start_method() == "fork":
+        warm_up(specs)
+    with context.Pool(min(int(workers), len(jobs)), initializer=_init_worker) as pool:
         for (chunk, _, _, _), (rows, errors) in zip(jobs, pool.imap(_hash_chunk, jobs)):
             failed = dict(errors)
             for i, path in enumerate(chunk):
