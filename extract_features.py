@@ -62,6 +62,12 @@ def build_parser():
                              "(nvjpeg + Pillow-exact LANCZOS on the CUDA device; non-JPEG, grayscale, CMYK and "
                              "EXIF-rotated files decoded by the workers, resized on the GPU; nvjpeg's pixels may differ "
                              "from libjpeg's, see the README), auto (gpu on CUDA when nvjpeg works, else cpu) (default: %(default)s)")
+    parser.add_argument("--hash-decode", default="exact", choices=["exact", "fast"],
+                        help="how the perceptual hashes' images are decoded: exact (the whole image: every bit is "
+                             "imagehash's) or fast (Ahash/Phash/Dhash only: JPEGs decoded at 1/2-1/8 scale in the "
+                             "DCT domain, other formats box-reduced, keeping 4x the hash's resize size; faster, bits "
+                             "close to imagehash's, see docs/hashing.md); recorded in the store, which is not reused "
+                             "across modes (default: %(default)s)")
     parser.add_argument("--out", default=None, metavar="FOLDER",
                         help="feature store root (default: Features/ in the repository)")
     parser.add_argument("--chunk-size", type=int, default=2048,
@@ -137,7 +143,7 @@ def main(argv=None):
             checkpoint=args.checkpoint, name=args.name, force=args.force, l2_normalize=args.l2_normalize,
             pca=args.pca, pca_fit_dataset=args.pca_fit_dataset, whiten=args.whiten, layers=args.layers,
             seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode,
-            wait=not args.no_wait, max_pixels=args.max_pixels, adapt=args.adapt)
+            wait=not args.no_wait, max_pixels=args.max_pixels, adapt=args.adapt, hash_decode=args.hash_decode)
     except (ValueError, FileNotFoundError, WeightsUnavailableError, FeatureStoreError, ImageLoadError,
             LockBusyError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -122,10 +122,27 @@ def collate(items):
     return indices, batch, failures
 
 
-def _hash_item(specs, image):
-    from .hashing import compute_hashes
+class HashItem:
+    """The DataLoader item function of a hash pass: loads the file itself (exact or fast decode, see
+    :data:`extractor.hashing.HASH_DECODES`) and returns one packed row per hash."""
 
-    return [np.asarray(row, dtype=np.uint8) for row in compute_hashes(image, specs)]
+    loads_itself = True
+
+    def __init__(self, specs, decode="exact"):
+        from .hashing import check_decode, warm_up
+
+        self.specs = list(specs)
+        self.decode = check_decode(decode)
+        warm_up(self.specs)  # in the main process: the forked DataLoader workers inherit what it sets up
+
+    def __call__(self, item, max_pixels=DEFAULT_MAX_PIXELS):
+        from .hashing import compute_hashes, load_for_hashing
+
+        if isinstance(item, Image.Image):
+            image = item.convert("RGB")
+        else:
+            image = load_for_hashing(item, self.specs, max_pixels=max_pixels, decode=self.decode)
+        return [np.asarray(row, dtype=np.uint8) for row in compute_hashes(image, self.specs)]
 
 
 def auto_workers(device, hashes_only=False):
@@ -663,18 +680,29 @@ def _model_job(spec_or_checkpoint, *, weights, seed, device, precision, layers, 
     return _Job([display_name], [meta], [width], [np.float32], item_fn, lambda _: lambda b: [embedder(b)])
 
 
-def _hash_job(specs):
+def _hash_job(specs, decode="exact"):
+    from .hashing import decode_description, effective_decode
+
+    mode = effective_decode(specs, decode)
+    if decode == "fast" and mode == "exact":
+        logger.warning("--hash-decode fast applies to Ahash, Phash and Dhash only (the others need the whole "
+                       "image); with %s every hash of this pass is decoded exactly", ", ".join(s.name for s in specs))
     metas = []
     for spec in specs:
         meta = dict(spec.meta())
-        meta.update(name=spec.name, binary=True, dim=int(spec.bits), algorithm=spec.meta(), postprocessing=[])
+        meta.update(name=spec.name, binary=True, dim=int(spec.bits), algorithm=spec.meta(), postprocessing=[],
+                    decode=decode_description(specs, mode))
+        if mode == "fast":
+            meta["preprocessing"] = meta["preprocessing"].replace(
+                "helpers.image_io.load_image (RGB, EXIF orientation applied)",
+                "helpers.image_io.load_image reduced-size decode (grayscale, EXIF orientation applied)")
         metas.append(meta)
 
     def batch_fn_factory(selected):
         return lambda batch: [batch[k] for k in selected]
 
     return _Job([spec.name for spec in specs], metas, [int(spec.nbytes) for spec in specs],
-                [np.uint8] * len(specs), functools.partial(_hash_item, list(specs)), batch_fn_factory,
+                [np.uint8] * len(specs), HashItem(specs, mode), batch_fn_factory,
                 hashes_only=True)
 
 
@@ -709,7 +737,8 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
                      precision="fp32", out=FEATURES_DIR, checkpoint=None, name=None, force=False,
                      l2_normalize=False, pca=None, pca_fit_dataset=None, whiten=False, layers=None, seed=0,
                      chunk_size=DEFAULT_CHUNK_SIZE, progress=True, max_pixels=DEFAULT_MAX_PIXELS,
-                     fail_after_chunks=None, decode="cpu", nvjpeg_share=None, wait=True, adapt=None):
+                     fail_after_chunks=None, decode="cpu", nvjpeg_share=None, wait=True, adapt=None,
+                     hash_decode="exact"):
     """Extract features of every algorithm on every dataset into the feature store.
 
     Parameters
@@ -768,6 +797,11 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
     adapt : path, optional
         An adaptation checkpoint (``train_adaptation.py``): also write ``<name> [PCA...] [L2] adapted <run>``,
         the module applied after the PCA / L2 steps (it must have been trained on those same features).
+    hash_decode : {'exact', 'fast'}
+        How the perceptual hashes' files are decoded: 'exact' (the default: the whole image, imagehash's bits) or
+        'fast' (Ahash / Phash / Dhash only: JPEGs decoded at reduced scale in the DCT domain, other formats
+        box-reduced, :func:`extractor.hashing.fast_min_side`; faster, bits close to but not always imagehash's).
+        Recorded in the store's ``decode`` (part of its fingerprint: a store is never reused across modes).
 
     Returns
     -------
@@ -789,6 +823,8 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
     if decode not in ("auto", "cpu", "gpu"):
         raise ValueError(f"decode must be one of ['auto', 'cpu', 'gpu'], got {decode!r}")
+    if hash_decode not in ("exact", "fast"):
+        raise ValueError(f"hash_decode must be one of ['exact', 'fast'], got {hash_decode!r}")
     if whiten and not pca:
         raise ValueError("--whiten needs --pca N (whitening divides each PCA component by its standard deviation)")
     if pca is not None and int(pca) <= 0:
@@ -832,21 +868,22 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
                             force=force, chunk_size=chunk_size, batch_size=batch_size, progress=progress,
                             max_pixels=max_pixels, fail_after_chunks=fail_after_chunks, pca=pca, whiten=whiten,
                             fit=fit, l2_normalize=l2_normalize, decode=decode, nvjpeg_share=nvjpeg_share,
-                            wait=wait, adapt=adapt)
+                            wait=wait, adapt=adapt, hash_decode=hash_decode)
     finally:
         dist.close()
 
 
 def _extract_all(hashes, neural, resolved, to_extract, listings, dist, device, *, workers, weights, seed, precision,
                  layers, name, out, force, chunk_size, batch_size, progress, max_pixels, fail_after_chunks, pca,
-                 whiten, fit, l2_normalize, decode="cpu", nvjpeg_share=None, wait=True, adapt=None):
+                 whiten, fit, l2_normalize, decode="cpu", nvjpeg_share=None, wait=True, adapt=None,
+                 hash_decode="exact"):
     workers = None if workers is None else int(workers)
     common = dict(out=Path(out), dist=dist, force=force, chunk_size=int(chunk_size), batch_size=int(batch_size),
                   workers=workers, device=device, progress=progress, max_pixels=max_pixels,
                   fail_after_chunks=fail_after_chunks, wait=wait)
     factories = []  # (store names, job factory)
     if hashes:
-        factories.append(([h.name for h in hashes], functools.partial(_hash_job, hashes)))
+        factories.append(([h.name for h in hashes], functools.partial(_hash_job, hashes, hash_decode)))
     for spec in neural:
         factories.append(([_display_name(spec, name, layers)],
                           functools.partial(_model_job, spec, weights=weights, seed=seed, device=device,

@@ -27,6 +27,7 @@ import logging
 import math
 import multiprocessing
 import re
+import sys
 
 import numpy as np
 from PIL import Image
@@ -610,15 +611,96 @@ def crop_resistant_matches(a_row, b_row, region_cutoff=1, segment_bits=64, hammi
 # ---------------------------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------------------------
-def _hash_file(job):
-    path, specs, max_pixels = job
+#: Decode modes of the hashes of files: ``'exact'`` (the default) decodes the whole image (imagehash's bits);
+#: ``'fast'`` decodes a reduced image (see :func:`fast_min_side`), whose bits may differ from imagehash's.
+HASH_DECODES = ("exact", "fast")
+#: Fast decode keeps at least this many source pixels per resized pixel along each side (measured on BSDS500: see
+#: docs/hashing.md, "Fast decode").
+FAST_DECODE_FACTOR = 4
+_FIXED_SIZE = (Ahash, Phash, Dhash)
+
+
+def check_decode(decode):
+    """Validate a hash decode mode (``'exact'`` or ``'fast'``)."""
+    if decode not in HASH_DECODES:
+        raise ValueError(f"hash decode must be one of {list(HASH_DECODES)}, got {decode!r}")
+    return decode
+
+
+def fast_min_side(specs, factor=FAST_DECODE_FACTOR):
+    """The smallest side (pixels) fast decode may reduce an image to for ``specs``, or None when it cannot reduce.
+
+    Only the hashes with fixed resize targets (Ahash, Phash, Dhash) allow it: ``factor`` times their largest
+    target side (32 for ``Phash 64 bits`` -> 128 px). The wavelet hash's resize depends on the image size, the
+    colour hash counts pixels and the crop-resistant hash crops the original image: with any of them the image is
+    decoded whole.
+    """
+    specs = resolve_hash_specs(specs)
+    if not specs or not all(type(spec) in _FIXED_SIZE for spec in specs):
+        return None
+    return int(factor) * max(max(size) for spec in specs for size in spec.sizes((1, 1)))
+
+
+def effective_decode(specs, decode):
+    """The decode mode that actually applies to ``specs``: ``'fast'`` only when :func:`fast_min_side` allows it."""
+    check_decode(decode)
+    return "fast" if decode == "fast" and fast_min_side(specs) is not None else "exact"
+
+
+def decode_description(specs, decode):
+    """How files are decoded for ``specs`` in mode ``decode`` (the store's ``meta.json`` ``decode``)."""
+    if effective_decode(specs, decode) == "exact":
+        return "exact"
+    side = fast_min_side(specs)
+    return (f"fast: JPEG decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg scaled IDCT, luma only) and "
+            f"other formats box-reduced by an integer factor, keeping both sides >= {side} px, then the hash's "
+            f"LANCZOS resize; bits may differ from imagehash's")
+
+
+def load_for_hashing(path, specs, max_pixels=DEFAULT_MAX_PIXELS, decode="exact"):
+    """The image the hashes of ``specs`` are computed from (see :data:`HASH_DECODES`)."""
+    side = fast_min_side(specs) if check_decode(decode) == "fast" else None
+    if side is None:
+        return load_image(path, max_pixels=max_pixels)
+    return load_image(path, max_pixels=max_pixels, min_size=(side, side), mode="L")
+
+
+def _hash_file(path, specs, max_pixels, decode="exact"):
+    """``(rows, error)`` of one file: the packed rows, or None and why."""
     try:
-        image = load_image(path, max_pixels=max_pixels)
-        return path, compute_hashes(image, specs), None
+        image = load_for_hashing(path, specs, max_pixels=max_pixels, decode=decode)
+        return compute_hashes(image, specs), None
     except ImageLoadError as exc:
-        return path, None, str(exc)
+        return None, str(exc)
     except (ValueError, OSError, MemoryError) as exc:
-        return path, None, f"{path}: cannot hash ({exc})"
+        return None, f"{path}: cannot hash ({exc})"
+
+
+def _hash_chunk(job):
+    """Worker: hash a chunk of files; returns one ``uint8 [n, sum of nbytes]`` array and ``[(index, error)]``
+    (one compact array per chunk instead of a list of small arrays per file)."""
+    paths, specs, max_pixels, decode = job
+    rows = np.zeros((len(paths), sum(spec.nbytes for spec in specs)), dtype=np.uint8)
+    errors = []
+    for i, path in enumerate(paths):
+        hashes, error = _hash_file(path, specs, max_pixels, decode)
+        if hashes is None:
+            errors.append((i, error))
+        else:
+            rows[i] = np.concatenate(hashes)
+    return rows, errors
+
+
+def warm_up(specs):
+    """Compute ``specs`` once on a small image in this process, so that worker processes forked from it inherit
+    the lazy imports (scipy's DCT, PyWavelets) and the resampling set-up (Pillow's pass-order probe) instead of
+    each paying them on its first image."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    image = Image.fromarray(((xx * 4 + yy * 3) % 256).astype(np.uint8), "L").convert("RGB")
+    try:
+        compute_hashes(image, specs)
+    except (ValueError, OSError):  # a warm-up only: the real images report their own errors
+        pass
 
 
 def _init_worker():
@@ -631,24 +713,54 @@ def _init_worker():
         pass
 
 
-def iter_hashes(paths, specs, workers=1, max_pixels=DEFAULT_MAX_PIXELS, chunksize=8):
+def pool_context():
+    """The multiprocessing context of the hashing workers: ``fork`` where the platform has it safely (Linux: a
+    worker starts in milliseconds with every module already imported), else ``spawn`` (macOS, Windows: each worker
+    imports NumPy, Pillow and this module, about a second)."""
+    if sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def default_chunksize(n_files, workers):
+    """Files per task: about 8 tasks per worker (balance), between 1 and 64 (latency, memory)."""
+    return max(1, min(64, -(-int(n_files) // (8 * max(1, int(workers))))))
+
+
+def iter_hashes(paths, specs, workers=1, max_pixels=DEFAULT_MAX_PIXELS, chunksize=None, decode="exact"):
     """Hash image files in order, yielding ``(path, rows, error)`` per file.
 
     ``rows`` is the list of packed rows (one per spec) or None when the file could not be used, in which case
-    ``error`` says why. With ``workers > 1`` the files are hashed by a pool of processes (results stay in order).
+    ``error`` says why. With ``workers > 1`` the files are hashed by a pool of processes (:func:`pool_context`),
+    ``chunksize`` files per task (default :func:`default_chunksize`); results stay in order and are identical for
+    any number of workers. ``decode``: ``'exact'`` or ``'fast'`` (:data:`HASH_DECODES`).
     """
     specs = resolve_hash_specs(specs)
-    jobs = ((str(path), specs, max_pixels) for path in paths)
-    if workers is None or workers <= 1:
-        for job in jobs:
-            yield _hash_file(job)
+    check_decode(decode)
+    paths = [str(path) for path in paths]
+    if workers is None or workers <= 1 or len(paths) <= 1:
+        for path in paths:
+            rows, error = _hash_file(path, specs, max_pixels, decode)
+            yield path, rows, error
         return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(int(workers), initializer=_init_worker) as pool:
-        yield from pool.imap(_hash_file, jobs, chunksize=chunksize)
+    size = default_chunksize(len(paths), workers) if chunksize is None else max(1, int(chunksize))
+    jobs = [(paths[a:a + size], specs, max_pixels, decode) for a in range(0, len(paths), size)]
+    bounds = np.cumsum([0] + [spec.nbytes for spec in specs])
+    context = pool_context()
+    if context.get_start_method() == "fork":
+        warm_up(specs)
+    with context.Pool(min(int(workers), len(jobs)), initializer=_init_worker) as pool:
+        for (chunk, _, _, _), (rows, errors) in zip(jobs, pool.imap(_hash_chunk, jobs)):
+            failed = dict(errors)
+            for i, path in enumerate(chunk):
+                if i in failed:
+                    yield path, None, failed[i]
+                else:
+                    yield path, [rows[i, bounds[k]:bounds[k + 1]] for k in range(len(specs))], None
 
 
-def hash_images(paths, specs, workers=1, report=None, max_pixels=DEFAULT_MAX_PIXELS, progress=False):
+def hash_images(paths, specs, workers=1, report=None, max_pixels=DEFAULT_MAX_PIXELS, progress=False,
+                decode="exact"):
     """Hash a list of image files.
 
     Parameters
@@ -661,6 +773,9 @@ def hash_images(paths, specs, workers=1, report=None, max_pixels=DEFAULT_MAX_PIX
         Unreadable files are recorded here; when None, a warning lists them.
     progress : bool
         Show a tqdm progress bar.
+    decode : {'exact', 'fast'}
+        ``'exact'`` (default): imagehash's bits. ``'fast'``: reduced-size decoding (:func:`fast_min_side`), bits
+        close to but not always equal to imagehash's.
 
     Returns
     -------
@@ -674,7 +789,7 @@ def hash_images(paths, specs, workers=1, report=None, max_pixels=DEFAULT_MAX_PIX
     own_report = report is None
     report = SkipReport() if own_report else report
     kept, rows = [], [[] for _ in specs]
-    results = iter_hashes(paths, specs, workers=workers, max_pixels=max_pixels)
+    results = iter_hashes(paths, specs, workers=workers, max_pixels=max_pixels, decode=decode)
     if progress:
         from tqdm import tqdm
 

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -134,20 +134,30 @@ def _is_decode_error(exc):
     return "truncated" in text or "broken data stream" in text or "premature end" in text
 
 
-def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
-    """Load an image file as an RGB ``PIL.Image``.
+def load_image(path, max_pixels=DEFAULT_MAX_PIXELS, *, min_size=None, mode="RGB"):
+    """Load an image file as an RGB ``PIL.Image`` (or, on request, a reduced and/or grayscale one).
 
     Parameters
     ----------
     path : str or Path
         The image file.
     max_pixels : int or None
-        Refuse images with more pixels than this (decompression-bomb guard); ``None`` disables the check.
+        Refuse images with more pixels than this (decompression-bomb guard, on the full size); ``None`` disables
+        the check.
+    min_size : (int, int) or None
+        ``None`` (the default): the full image. Otherwise a reduced-size decode that keeps at least this
+        ``(width, height)`` (in the file's orientation): a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT
+        domain (Pillow's ``Image.draft``, libjpeg's scaled IDCT), any other format is decoded fully and then
+        box-averaged by an integer factor (``Image.reduce``). The pixels differ from a full decode followed by a
+        resize: only the perceptual hashes' explicit fast mode uses it.
+    mode : {'RGB', 'L'}
+        ``'L'`` returns the grayscale image: ``convert('L')`` of the RGB image, except with ``min_size`` on a
+        YCbCr JPEG, where libjpeg's luma channel is taken directly (no colour conversion; +-1 grey level).
 
     Returns
     -------
     PIL.Image.Image
-        An RGB image, EXIF orientation applied, fully loaded (the file is closed).
+        An RGB (or ``mode``) image, EXIF orientation applied, fully loaded (the file is closed).
 
     Raises
     ------
@@ -162,12 +172,18 @@ def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
         raise ImageLoadError(f"{path}: {problem}")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file")
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
     try:
         with Image.open(path) as image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageLoadError(f"{path}: {width}x{height} = {width * height} pixels exceeds the limit of "
                                      f"{max_pixels} (raise --max-pixels to accept it)")
+            if min_size is not None and image.format == "JPEG":
+                # DCT-domain downscaling: libjpeg skips the high frequencies of each 8x8 block (and, for 'L', the
+                # chroma); the result is at least min_size.
+                image.draft(mode if image.mode in ("RGB", "L") else None, tuple(int(v) for v in min_size))
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -177,8 +193,10 @@ def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
                     raise
                 raise ImageLoadError(f"{path}: truncated or corrupt image data, skipped rather than kept half "
                                      f"decoded ({exc}); re-download or repair the file") from None
-            image = _exif_transpose(image)
-            return to_rgb(image).copy()
+            if min_size is None and mode == "RGB":
+                image = _exif_transpose(image)
+                return to_rgb(image).copy()
+            return _reduced(image, min_size, mode)
     except ImageLoadError:
         raise
     except PermissionError:
@@ -187,6 +205,32 @@ def load_image(path, max_pixels=DEFAULT_MAX_PIXELS):
         raise ImageLoadError(f"{path}: not an image file (cannot identify the format)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError, MemoryError) as exc:
         raise ImageLoadError(f"{path}: cannot decode image ({exc})") from None
+
+
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
+
+
+def _reduced(image, min_size, mode):
+    """The loaded ``image`` in ``mode``, box-reduced by the largest integer factor that keeps ``min_size``, EXIF
+    orientation applied last (on the small image)."""
+    try:
+        orientation = image.getexif().get(0x0112)
+    except Exception as exc:  # a broken EXIF block must not lose the pixels
+        logger.warning("ignoring unreadable EXIF orientation (%s)", exc)
+        orientation = None
+    if not (mode == "L" and image.mode == "L"):
+        image = to_rgb(image)
+        if mode == "L":
+            image = image.convert("L")
+    if min_size is not None:
+        factor = min(image.width // max(1, int(min_size[0])), image.height // max(1, int(min_size[1])))
+        if factor >= 2:
+            image = image.reduce(factor)
+    if orientation in _TRANSPOSE:
+        image = image.transpose(_TRANSPOSE[orientation])
+    return image.copy() if isinstance(image, ImageFile.ImageFile) else image
 
 
 def _exif_transpose(image):
