@@ -100,6 +100,11 @@ def build_parser():
     parser.add_argument("--cache", default="/tmp/ann_realistic",
                         help="cache of images, real features and generated databases, never committed "
                              "(default: %(default)s)")
+    parser.add_argument("--queries", choices=["real", "issue"], default="real",
+                        help="real: the copies' cosines and edit directions from the attacked copies' features; "
+                             "issue: only the 500 photos are extracted, the copies' cosines follow a log-normal gap "
+                             "fitted to the issue's figures (median 0.915, 5th percentile 0.714), isotropic "
+                             "directions (default: %(default)s)")
     parser.add_argument("--fit-only", action="store_true", help="stop after the fit (and the quantile check)")
     parser.add_argument("--output", default=None, help="JSON path (default: benchmarks/results/"
                                                        "bench_ann_realistic_<n>.json)")
@@ -163,7 +168,8 @@ def real_features(args):
     from helpers.ground_truth import read_ground_truth
 
     cache = Path(args.cache)
-    target = cache / f"real_{MODEL}_{args.photos}.npz"
+    with_copies = args.queries == "real"
+    target = cache / (f"real_{MODEL}_{args.photos}.npz" if with_copies else f"real_{MODEL}_photos.npz")
     if target.is_file():
         with np.load(target, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
@@ -176,6 +182,12 @@ def real_features(args):
     originals = link_photos(photos, cache / "originals")
     held = link_photos(held_out, cache / "held_out")
     attacks = cache / "attacks"
+    if not with_copies:
+        folders = extract_features([MODEL], [str(originals)], out=str(cache / "Features"), workers=1,
+                                   device="cpu", progress=False)
+        data = {"database": np.asarray(load_features(folders[0], mmap=False).features, dtype=np.float32)}
+        np.savez(target, **data)
+        return data
     started = time.perf_counter()
     subprocess.run([sys.executable, str(ROOT / "data_retrieval" / "generate_attacks.py"), str(held), str(attacks),
                     "--extra", "--workers", str(args.threads)], check=True, stdout=subprocess.DEVNULL)
@@ -206,12 +218,21 @@ def real_features(args):
 
 def project(data, d):
     """The features on their top ``d`` uncentred principal axes (the SVD of all rows), and what it keeps."""
-    both = np.concatenate([data["database"], data["copies"]]).astype(np.float64)
+    copies = data.get("copies")
+    both = np.concatenate([data["database"]] + ([copies] if copies is not None else [])).astype(np.float64)
     both /= np.linalg.norm(both, axis=1, keepdims=True)
     if d >= both.shape[1]:
-        return data["database"], data["copies"], {"energy_kept": 1.0, "projected": False}
+        return data["database"], copies, {"energy_kept": 1.0, "projected": False}
     _, sing, vt = np.linalg.svd(both, full_matrices=False)
     axes = vt[:d]
+    if len(axes) < d:  # fewer rows than d: complete the basis with random orthonormal directions (no energy)
+        rng = np.random.default_rng(0)
+        extra = rng.standard_normal((d - len(axes), both.shape[1]))
+        extra -= (extra @ axes.T) @ axes
+        axes = np.concatenate([axes, np.linalg.qr(extra.T)[0].T])
+    if copies is None:
+        kept = float((sing[:d] ** 2).sum() / (sing ** 2).sum())
+        return (both @ axes.T).astype(np.float32), None, {"energy_kept": kept, "projected": True}
     db, cp = (both[:len(data["database"])], both[len(data["database"]):])
 
     def cos(a, b):
@@ -231,7 +252,8 @@ def project(data, d):
 def database_file(args, model):
     """The memory-mapped database, generated once per (n, d, model parameters)."""
     key = hashlib.sha256(json.dumps([args.n, args.d, model.params(), float(model.mean.sum()),
-                                     float(model.edits.sum())]).encode()).hexdigest()[:12]
+                                     float(model.edits.sum()) if model.edits is not None else 0.0]
+                                    ).encode()).hexdigest()[:12]
     path = Path(args.cache) / f"db_{args.n}x{args.d}_{key}.npy"
     if not path.is_file():
         started = time.perf_counter()
@@ -306,11 +328,16 @@ def main(argv=None):
     # -- fit ---------------------------------------------------------------------------------------------------
     real = real_features(args)
     db_real, cp_real, projection = project(real, args.d)
-    log(f"[real] {MODEL}: {len(db_real)} photos, {len(cp_real)} attacked copies of {len(set(real['sources']))} "
-        f"held-out photos; 1280-d -> {args.d}-d on the top uncentred principal axes: energy kept "
-        f"{projection['energy_kept']:.4f}, copies' cosine changed by {projection.get('copy_cosine_change_median', 0):.4f} "
-        f"(median)")
-    model, fit = S.fit_feature_model(db_real, cp_real, real["sources"], seed=args.seed, verbose=log)
+    copies_text = (f"{len(cp_real)} attacked copies of {len(set(real['sources']))} held-out photos"
+                   if cp_real is not None else "copies' cosines from the issue's figures (log-normal gap)")
+    log(f"[real] {MODEL}: {len(db_real)} photos, {copies_text}; 1280-d -> {args.d}-d on the top uncentred "
+        f"principal axes: energy kept {projection['energy_kept']:.4f}, copies' cosine changed by "
+        f"{projection.get('copy_cosine_change_median', float('nan')):.4f} (median)")
+    issue_cosines = None if cp_real is not None else S.lognormal_cosines(
+        ISSUE_FIGURES["query_to_original_median"], ISSUE_FIGURES["query_to_original_p5"], seed=args.seed)
+    model, fit = S.fit_feature_model(db_real, cp_real, real.get("sources"), seed=args.seed, verbose=log,
+                                     query_cosines=issue_cosines)
+    fit["queries"] = args.queries
     fit["projection"] = projection
     report["fit"] = fit
     log(f"[fit] model: {fit['params']}")
@@ -340,7 +367,8 @@ def main(argv=None):
         ("fitted model, 500 rows", at_real["database_nearest_other"])])
     quantile_table("best non-matching cosine of a copy (500-image database)", [
         ("measured (real copies)", real_stats["copy_best_non_matching"]),
-        ("fitted model, 500 rows", at_real["copy_best_non_matching"])])
+        ("fitted model, 500 rows", at_real["copy_best_non_matching"])][0 if real_stats["copy_best_non_matching"]
+                                                                        else 1:])
     log(f"[fit] the issue's figures (other held-out photos): copy median {ISSUE_FIGURES['query_to_original_median']}, "
         f"5th percentile {ISSUE_FIGURES['query_to_original_p5']}, best non-matching {ISSUE_FIGURES['best_non_matching']}, "
         f"pairwise median {ISSUE_FIGURES['database_pairwise_median']}")
@@ -396,6 +424,9 @@ def main(argv=None):
         f"a setting qualifies at recall@1 >= {need_r:.4f} and µAP >= {need_m:.4f}")
 
     settings, finalists = [], []
+    target = Path(args.output) if args.output else ROOT / "benchmarks" / "results" / f"bench_ann_realistic_{args.n}.json"
+    report["approximate"] = settings
+    write_json(target, report)  # rewritten after each index, so an interrupted run keeps what it measured
 
     def sweep(label, build, param, values, size_of):
         """Build one index (timed, memory sampled), then search over ``values`` of ``param`` until two
@@ -427,6 +458,7 @@ def main(argv=None):
             entry.update(bytes_per_vector=size / args.n, **memory.mib())
         log(f"[ann] {label}: build {build_time:.1f} s, {size / args.n:.1f} bytes/vector, peak RSS "
             f"{memory.peak / 2 ** 20:.0f} MiB (+{(memory.peak - memory.start) / 2 ** 20:.0f} MiB)  ({where})")
+        write_json(target, report)
         good = [entry for entry in mine if entry["qualifies"]]
         if good:
             finalists.append((min(good, key=lambda e: e["search_time"]), index))
@@ -501,7 +533,6 @@ def main(argv=None):
     report["total_time"] = time.perf_counter() - started
     report["load_average_end"] = os.getloadavg()
     report["peak_rss_process_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    target = Path(args.output) if args.output else ROOT / "benchmarks" / "results" / f"bench_ann_realistic_{args.n}.json"
     write_json(target, report)
     log(f"[done] {report['total_time']:.0f} s, load average {os.getloadavg()[0]:.1f}; JSON: {target}")
     return report

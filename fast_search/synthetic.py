@@ -146,7 +146,7 @@ class FeatureModel:
         self.mean = np.asarray(mean, dtype=np.float32)
         self.basis = np.asarray(basis, dtype=np.float32)
         self.scales = np.asarray(scales, dtype=np.float32)
-        self.edits = np.asarray(edits, dtype=np.float32)
+        self.edits = None if edits is None else np.asarray(edits, dtype=np.float32)
         self.query_cosines = np.sort(np.asarray(query_cosines, dtype=np.float64))
         self.mean_scale, self.noise, self.share = float(mean_scale), float(noise), float(share)
         self.cluster_size = int(cluster_size)
@@ -159,7 +159,7 @@ class FeatureModel:
         """The fitted scalars (for the JSON)."""
         return {"mean_scale": self.mean_scale, "noise": self.noise, "cluster_share": self.share,
                 "cluster_size": self.cluster_size, "components": int(len(self.scales)),
-                "edit_vectors": int(len(self.edits)), "dim": int(self.dim)}
+                "edit_vectors": 0 if self.edits is None else int(len(self.edits)), "dim": int(self.dim)}
 
     def centres(self, n, seed):
         """The cluster centres of an ``n``-row database (Gaussian, the fitted covariance)."""
@@ -198,6 +198,8 @@ class FeatureModel:
         the edit displacements). Returns ``(copies, cosines)``."""
         rng = np.random.default_rng([seed, 4])
         cosines = quantile_sample(self.query_cosines, len(originals), rng)
+        if self.edits is None:  # no real edits measured: isotropic directions
+            return copies_at_cosine(originals, cosines, rng), cosines
         weights = rng.standard_normal((len(originals), len(self.edits)), dtype=np.float32)
         return copies_at_cosine(originals, cosines, rng, directions=weights @ self.edits), cosines
 
@@ -227,15 +229,16 @@ def distribution_stats(values, quantiles=(0.05, 0.25, 0.5, 0.75, 0.95)):
 
 
 def fit_feature_model(database, copies, copy_sources, components=None, cluster_size=64, seed=0,
-                      shares=(0.0, 0.25, 0.5, 0.75), noises=None, sample=500, verbose=None):
+                      shares=(0.0, 0.25, 0.5, 0.75), noises=None, sample=500, verbose=None, query_cosines=None):
     """Fit a :class:`FeatureModel` to real features.
 
     Parameters
     ----------
     database : float array [m, d]
         Real features of distinct images (any scale; L2-normalised here).
-    copies : float array [q, d]
-        Real features of edited copies; ``copy_sources[i]`` is the database row of copy ``i``.
+    copies : float array [q, d] or None
+        Real features of edited copies; ``copy_sources[i]`` is the database row of copy ``i``. When None,
+        ``query_cosines`` gives the copies' cosines to their originals and the copies move isotropically.
     components : int, optional
         Principal components kept for the covariance (default: all, at most ``m - 1``).
     shares, noises : sequences
@@ -252,11 +255,14 @@ def fit_feature_model(database, copies, copy_sources, components=None, cluster_s
     """
     db = np.asarray(database, dtype=np.float64)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
-    cp = np.asarray(copies, dtype=np.float64)
-    cp /= np.linalg.norm(cp, axis=1, keepdims=True)
-    sources = np.asarray(copy_sources)
-    query_cos = np.einsum("ij,ij->i", cp, db[sources])
-    edits = cp - db[sources]
+    if copies is None:  # no real copies: only their cosines are known (query_cosines)
+        cp, edits, query_cos = None, None, np.asarray(query_cosines, dtype=np.float64)
+    else:
+        cp = np.asarray(copies, dtype=np.float64)
+        cp /= np.linalg.norm(cp, axis=1, keepdims=True)
+        sources = np.asarray(copy_sources)
+        query_cos = np.einsum("ij,ij->i", cp, db[sources])
+        edits = cp - db[sources]
     mean = db.mean(axis=0)
     _, sing, vt = np.linalg.svd(db - mean, full_matrices=False)
     keep = min(len(sing), components or len(sing), len(db) - 1)
@@ -302,11 +308,12 @@ def fit_feature_model(database, copies, copy_sources, components=None, cluster_s
     model = candidate(share, noise, scale)
     x = model.database(count, seed=seed)
     report = {
-        "real": {"n_database": int(len(db)), "n_copies": int(len(cp)),
+        "real": {"n_database": int(len(db)), "n_copies": 0 if cp is None else int(len(cp)),
                  "query_to_original": distribution_stats(query_cos),
                  "database_pairwise": distribution_stats(real_pairs),
                  "database_nearest_other": distribution_stats(real_nn),
-                 "copy_best_non_matching": distribution_stats(best_other_cosine(cp, db, sources))},
+                 "copy_best_non_matching": None if cp is None else
+                 distribution_stats(best_other_cosine(cp, db, sources))},
         "synthetic_at_real_size": {
             "n_database": int(count),
             "database_pairwise": distribution_stats((x @ x.T)[np.triu_indices(count, 1)]),
@@ -315,3 +322,11 @@ def fit_feature_model(database, copies, copy_sources, components=None, cluster_s
                                                                            np.arange(count)))},
         "params": model.params()}
     return model, report
+
+
+def lognormal_cosines(median, p5, size=100_000, seed=0):
+    """Cosines whose gap ``1 - cos`` is log-normal with the given median cosine and 5th percentile cosine (the
+    shape of real edited copies' gaps; :mod:`benchmarks.bench_dedup_scale` uses the same law)."""
+    rng = np.random.default_rng(seed)
+    sigma = (np.log(1 - p5) - np.log(1 - median)) / 1.6449
+    return np.clip(1 - np.exp(rng.normal(np.log(1 - median), sigma, size)), -1.0, 1.0)
