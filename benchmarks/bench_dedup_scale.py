@@ -38,6 +38,8 @@ CHUNK = 65536
 
 def generate(path, n, dim, binary, seed=0):
     """Write the features to ``path`` (``.npy``) and the planted pairs to ``path.pairs.npy``."""
+    from fast_search.synthetic import copies_at_cosine
+
     rng = np.random.default_rng(seed)
     n_copies = n // 10
     n_orig = n - n_copies
@@ -67,11 +69,8 @@ def generate(path, n, dim, binary, seed=0):
                 bits[row, rng.choice(dim, count, replace=False)] ^= 1
             out[n_orig + start:n_orig + stop] = np.packbits(bits, axis=1)
         else:
-            cos = np.clip(1.0 - gap[start:stop], -1.0, 0.9999)[:, None]
-            noise = rng.standard_normal(original.shape, dtype=np.float32)
-            noise -= (noise * original).sum(axis=1, keepdims=True) * original
-            noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-            out[n_orig + start:n_orig + stop] = (cos * original + np.sqrt(1 - cos ** 2) * noise).astype(np.float32)
+            cos = np.clip(1.0 - gap[start:stop], -1.0, 0.9999)
+            out[n_orig + start:n_orig + stop] = copies_at_cosine(original, cos, rng)
     out.flush()
     del out
     np.save(f"{path}.pairs.npy", np.stack([sources, np.arange(n_orig, n)], axis=1), allow_pickle=False)

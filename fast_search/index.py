@@ -534,3 +534,94 @@ def make_index(factory, metric, dim, binary=False, device="cpu", backend="auto",
     gpu = (device.index or 0) if chosen == "faiss-gpu" else None
     return FaissIndex(factory, metric, dim, binary=binary, gpu=gpu, batch_size=batch_size or 8192,
                       train_size=train_size)
+
+
+def exact_rerank(vectors, queries, candidate_ids, k, metric="cosine", batch_size=64):
+    """Exact re-ranking: the ``k`` nearest of each query's candidates, by exact distance to the stored vectors.
+
+    The second stage of a compressed index (IVF-PQ): its candidates are re-scored against the original vectors,
+    read from ``vectors`` (an array or a memory-mapped store, rows prepared by :func:`prepare_vectors`; only the
+    candidates' rows are read). When the candidates contain a query's exact ``k`` nearest neighbours, the result
+    is exactly the exact search's (equal distances ordered by row id, as FAISS's Flat does).
+
+    Parameters
+    ----------
+    vectors : float array [n, d]
+    queries : float array [nq, d]
+        Prepared like ``vectors``.
+    candidate_ids : int array [nq, c]
+        Row ids; ``-1`` (missing) and repeated ids are ignored.
+    k : int
+    metric : {'cosine', 'L2'}
+
+    Returns
+    -------
+    distances, ids : arrays [nq, k]
+        As :meth:`_BaseIndex.search` (``inf`` / ``-1`` where fewer than ``k`` candidates exist).
+    """
+    if metric not in ("cosine", "L2"):
+        raise ValueError(f"exact re-ranking supports cosine and L2, not {metric}")
+    candidate_ids = np.asarray(candidate_ids, dtype=np.int64)
+    nq = len(queries)
+    out_d = np.full((nq, k), np.inf, dtype=np.float32)
+    out_i = np.full((nq, k), -1, dtype=np.int64)
+    for start, stop in _batches(nq, batch_size):
+        cand = candidate_ids[start:stop]
+        valid = cand >= 0
+        rows = np.unique(cand[valid])  # sorted: a memory map is read in file order
+        if not len(rows):
+            continue
+        stored = np.asarray(vectors[rows], dtype=np.float32)
+        where = np.searchsorted(rows, np.where(valid, cand, rows[0]))
+        q = np.asarray(queries[start:stop], dtype=np.float32)
+        gathered = stored[where]  # [b, c, d]
+        if metric == "cosine":
+            dist = 1.0 - np.einsum("bcd,bd->bc", gathered, q)
+        else:
+            dist = np.sqrt(np.maximum(((gathered - q[:, None, :]) ** 2).sum(axis=2), 0))
+        dist = np.where(valid, dist, np.inf).astype(np.float32)
+        # a repeated candidate counts once: keep its first occurrence
+        ordered = np.sort(np.where(valid, cand, -1), axis=1)
+        repeated = np.zeros_like(valid)
+        for row in np.flatnonzero(((np.diff(ordered, axis=1) == 0) & (ordered[:, 1:] >= 0)).any(axis=1)):
+            _, first = np.unique(cand[row], return_index=True)
+            repeated[row] = True
+            repeated[row, first] = False
+        dist[repeated] = np.inf
+        ids = np.where(valid & ~repeated, cand, -1)
+        order = np.lexsort((np.where(ids >= 0, ids, np.iinfo(np.int64).max), dist), axis=1)[:, :k]
+        width = order.shape[1]
+        out_d[start:stop, :width] = np.take_along_axis(dist, order, axis=1)
+        out_i[start:stop, :width] = np.where(np.isfinite(out_d[start:stop, :width]),
+                                             np.take_along_axis(ids, order, axis=1), -1)
+    return out_d, out_i
+
+
+class RerankedIndex(_BaseIndex):
+    """An approximate index whose ``k_factor * k`` best candidates are re-ranked exactly against the original
+    vectors (:func:`exact_rerank`), which may stay on disk (a memory-mapped store): only the compressed index
+    is held in memory. ``base`` is a (trained, filled) index from :func:`make_index`, its rows aligned with
+    ``vectors``' rows."""
+
+    def __init__(self, base, vectors, k_factor=16, batch_size=1024):
+        super().__init__(f"{base.factory}+rerank", base.metric, base.dim, batch_size)
+        self.base, self.vectors, self.k_factor = base, vectors, int(k_factor)
+        self.backend = f"{base.backend}+exact-rerank"
+        self.ntotal = base.ntotal
+
+    @property
+    def kind(self):
+        return self.base.kind
+
+    def set_search_params(self, nprobe=None, efsearch=None, k_factor=None):
+        if k_factor is not None:
+            self.k_factor = int(k_factor)
+        self.base.set_search_params(nprobe=nprobe, efsearch=efsearch)
+
+    def _search_batch(self, queries, k):
+        _, candidates = self.base.search(queries, min(self.base.ntotal, k * self.k_factor))
+        return exact_rerank(self.vectors, queries, candidates, k, self.metric)
+
+    def close(self):
+        self.base.close()
+        self.vectors = None
