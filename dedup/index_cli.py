@@ -214,7 +214,8 @@ class QuerySession:
         for path, reason in report.items:
             echo(f"skipped {path}: {reason}")
         if not kept:
-            raise ValueError("no readable query image" + "".join(f"; {path}: {reason}" for path, reason in report.items))
+            reasons = "".join(f"; {path}: {reason}" for path, reason in report.items)
+            raise ValueError(f"no readable query image{reasons}")
         self.timings["features_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
         rows = query_index(self.saved, vectors, kept, k)

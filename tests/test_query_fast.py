@@ -103,18 +103,31 @@ def test_memory_mapped_index_searches_as_the_read_one(model_index):
     np.testing.assert_array_equal(d_read, d_map)
 
 
-def test_fresh_query_process_does_not_import_torch(model_index, tmp_path):
+@pytest.fixture(scope="module")
+def hash_index(model_index):
     root, paths, _ = model_index
+    featurizer = Featurizer("Phash 64 bits")
+    names, codes = featurizer.files(paths)
+    info = build_from_features(root / "hash_index", names, codes, featurizer, threshold=4)
+    assert info["numpy_model"] is None and load_network(root / "hash_index") is None
+    return root / "hash_index"
+
+
+@pytest.mark.parametrize("kind", ["model", "hash"])
+def test_fresh_query_process_does_not_import_torch(model_index, hash_index, tmp_path, kind):
+    root, paths, _ = model_index
+    index = root / "index" if kind == "model" else hash_index
     out = tmp_path / "q.json"
     code = ("import runpy, sys; sys.argv = ['query.py', sys.argv[1], '--index', sys.argv[2], '-k', '3', '--json', "
             "sys.argv[3]]; runpy.run_path('query.py', run_name='__main__'); "
             "print('IMPORTED', sorted(m for m in ('torch', 'timm', 'torchvision', 'scipy') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code, paths[4], str(root / "index"), str(out)], cwd=REPO_ROOT,
+    done = subprocess.run([sys.executable, "-c", code, paths[4], str(index), str(out)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "IMPORTED []" in done.stdout
     result = json.loads(out.read_text())
-    assert result["engine"] == "numpy" and result["results"][0]["neighbour"] == paths[4]
+    assert result["engine"] == ("numpy" if kind == "model" else "hash")
+    assert result["results"][0]["neighbour"] == paths[4]
 
 
 def test_serve_answers_each_line_as_a_single_query(model_index):
