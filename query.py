@@ -4,13 +4,13 @@
 Example::
 
     python3 query.py holiday.jpg --index photos -k 10 --json neighbours.json
+    python3 query.py --index photos --serve < list_of_paths.txt     # loads once, one answer per line
 """
-from dedup.index_cli import query_parser, run_query
-from fast_search.cli import run_cli
+from dedup.index_cli import main_query
 
 
 def main(argv=None):
-    return run_cli(query_parser(), run_query, argv)
+    return main_query(argv)
 
 
 if __name__ == "__main__":

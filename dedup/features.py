@@ -49,6 +49,7 @@ class Featurizer:
             self.name = spec.name
             self.meta = spec.meta() if hasattr(spec, "meta") else {"name": spec.name}
             self._model = None
+            self.engine = "hash"
         else:
             from extractor.models import build_model
             from helpers.device import resolve_device
@@ -63,6 +64,7 @@ class Featurizer:
             self.name = info["name"]
             self.meta = dict(info)
             self.meta["weights_arg"] = str(weights)
+            self.engine = "torch"
         self.meta.update({"binary": self.binary, "metric": self.metric})
 
     @property
@@ -117,6 +119,31 @@ class Featurizer:
             return np.zeros((0, self.dim), dtype=np.float32)
         x = embed_images(self._model, self._transform, images, batch_size=self.batch_size, device=self.device)
         return normalize(x)
+
+
+class NumpyFeaturizer(Featurizer):
+    """A :class:`Featurizer` whose model is a torch-free copy (:class:`dedup.numpy_net.NumpyNetwork`) saved with an
+    index: same features (checked at export), no torch import. CPU only, one image at a time (what ``query.py``
+    needs)."""
+
+    def __init__(self, network, algo, meta):
+        self.algo = algo
+        self.spec = None
+        self.workers, self.batch_size = 1, 1
+        self.device = "cpu"
+        self._model, self._network = None, network
+        self.binary = False
+        self.metric = "cosine"
+        self.meta = dict(meta)
+        self.dim = int(self.meta.get("embedding_dim", self.meta.get("dim")))
+        self.name = self.meta.get("name", algo)
+        self.engine = "numpy"
+
+    def images(self, images):
+        images = list(images)
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return normalize(self._network.embed(images))
 
 
 def normalize(x):

@@ -79,7 +79,7 @@ def run_build(path, index, append=False, algo=DEFAULT_ALGO, weights="pretrained"
     started = time.perf_counter()
     if append:
         saved = SavedIndex(folder)
-        featurizer = saved.featurizer(device=device, workers=workers)
+        featurizer = saved.featurizer(device=device, workers=workers, engine="torch")  # batches: torch
         before = saved.ntotal
         saved.close()
         added = append_to_index(folder, paths, featurizer, report)
@@ -138,49 +138,29 @@ def query_parser():
         prog="query.py",
         description="Query a saved index (build_index.py) with one or more images: the k nearest indexed "
                     "images with their scores, as a table and JSON; likely copies (within the index's "
-                    "calibrated threshold) are marked.")
-    parser.add_argument("images", nargs="+", help="query image files (or folders)")
+                    "calibrated threshold) are marked. --serve keeps the index and the model loaded and answers "
+                    "one query per line of standard input.")
+    parser.add_argument("images", nargs="*", help="query image files (or folders)")
     parser.add_argument("--index", required=True, metavar="NAME", help="index name (Indexes/NAME) or folder")
     parser.add_argument("-k", type=positive_int, default=10, help="neighbours per query (default: %(default)s)")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE")
     parser.add_argument("--nprobe", type=positive_int, default=None, help="override the index's IVF nprobe")
     parser.add_argument("--efsearch", type=positive_int, default=None, help="override the index's HNSW efSearch")
+    parser.add_argument("--serve", action="store_true",
+                        help="load once, then read image paths from standard input (one per line; several "
+                             "separated by tabs form one batch) and answer each line; with --json, one JSON object "
+                             "per line goes to standard output instead of the table. Ends at end of input")
+    parser.add_argument("--engine", default="auto", choices=["auto", "numpy", "torch"],
+                        help="how a model embeds the queries: auto uses the torch-free copy saved with the index "
+                             "(EfficientNet-Lite, no torch import: a fresh process answers in about a second) on "
+                             "--device cpu/auto, torch otherwise (default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="search (and torch) threads (default: all cores)")
     add_common_arguments(parser, seed=False, force=False)
     return parser
 
 
-def run_query(images, index, k=10, json=None, nprobe=None, efsearch=None, device="auto", log_level="INFO",
-              config=None, argv=None, echo=print):
-    from .index import SavedIndex, index_folder, query_index, set_search_params
-
-    timings = {}
-    tick = time.perf_counter()
-    saved = SavedIndex(index_folder(index))
-    if saved.index is not None:
-        set_search_params(saved.index, nprobe, efsearch)
-    timings["load_index_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    featurizer = saved.featurizer(device=device)
-    timings["load_model_s"] = time.perf_counter() - tick
-    files = []
-    for item in images:
-        files.extend(str(p) for p in list_images(item)) if Path(item).is_dir() else files.append(str(item))
-    tick = time.perf_counter()
-    report = SkipReport()
-    kept, vectors = featurizer.files(files, report)
-    for path, reason in report.items:
-        echo(f"skipped {path}: {reason}")
-    if not kept:
-        raise ValueError("no readable query image")
-    timings["features_s"] = time.perf_counter() - tick
-    tick = time.perf_counter()
-    try:
-        rows = query_index(saved, vectors, kept, k)
-    finally:
-        saved.close()
-    timings["search_s"] = time.perf_counter() - tick
-    score = saved.info["score"]
-    width = max(len(r["neighbour"]) for r in rows) if rows else 10
+def _print_rows(rows, score, echo):
     current = None
     for row in rows:
         if row["query"] != current:
@@ -188,8 +168,148 @@ def run_query(images, index, k=10, json=None, nprobe=None, efsearch=None, device
             echo(f"query: {current}")
             echo(f"  {'rank':>4}  {score:>10}  {'copy?':5}  neighbour")
         echo(f"  {row['rank']:>4}  {row[score]:>10.4f}  {'yes' if row['likely_copy'] else '':5}  {row['neighbour']}")
-    result = {"index": str(saved.folder), "algorithm": saved.info["name"], "score": score,
-              "threshold": saved.info.get("threshold_score"), "timings": timings, "results": rows}
+
+
+def _expand(images):
+    files = []
+    for item in images:
+        files.extend(str(p) for p in list_images(item)) if Path(item).is_dir() else files.append(str(item))
+    return files
+
+
+class QuerySession:
+    """A saved index and its algorithm loaded once, answering queries (``query.py``, and ``--serve``)."""
+
+    def __init__(self, index, nprobe=None, efsearch=None, device="auto", engine="auto", threads=None):
+        from .index import SavedIndex, index_folder, set_search_params
+
+        self.timings = {}
+        tick = time.perf_counter()
+        # memory-mapped: a query touches the pages it needs, the 512 MB of a 100K x 1280 Flat index are not read
+        # up front (they come from the page cache after the first search)
+        self.saved = SavedIndex(index_folder(index), mmap=True)
+        if self.saved.index is not None:
+            set_search_params(self.saved.index, nprobe, efsearch)
+        if threads is not None and self.saved.index is not None:
+            import faiss
+
+            faiss.omp_set_num_threads(int(threads))
+        self.timings["load_index_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        self.featurizer = self.saved.featurizer(device=device, engine=engine)
+        if threads is not None and self.featurizer.engine == "torch":
+            import torch
+
+            torch.set_num_threads(int(threads))
+        self.timings["load_model_s"] = time.perf_counter() - tick
+        self.score = self.saved.info["score"]
+
+    def query(self, files, k, echo=print):
+        """Ranked neighbours (list of dicts) of image files; unreadable ones are reported and skipped."""
+        from .index import query_index
+
+        tick = time.perf_counter()
+        report = SkipReport()
+        kept, vectors = self.featurizer.files(files, report)
+        for path, reason in report.items:
+            echo(f"skipped {path}: {reason}")
+        if not kept:
+            reasons = "".join(f"; {path}: {reason}" for path, reason in report.items)
+            raise ValueError(f"no readable query image{reasons}")
+        self.timings["features_s"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        rows = query_index(self.saved, vectors, kept, k)
+        self.timings["search_s"] = time.perf_counter() - tick
+        return rows
+
+    def result(self, rows):
+        return {"index": str(self.saved.folder), "algorithm": self.saved.info["name"], "score": self.score,
+                "threshold": self.saved.info.get("threshold_score"), "engine": self.featurizer.engine,
+                "timings": dict(self.timings), "results": rows}
+
+    def close(self):
+        self.saved.close()
+
+
+def run_query(images, index, k=10, json=None, nprobe=None, efsearch=None, serve=False, engine="auto", threads=None,
+              device="auto", log_level="INFO", config=None, argv=None, echo=print, stdin=None):
+    if not images and not serve:
+        raise ValueError("give query images, or --serve to read them from standard input")
+    session = QuerySession(index, nprobe=nprobe, efsearch=efsearch, device=device, engine=engine, threads=threads)
+    try:
+        if serve:
+            return _serve(session, images, k, json, echo, stdin)
+        files = _expand(images)
+        rows = session.query(files, k, echo)
+    finally:
+        session.close()
+    _print_rows(rows, session.score, echo)
+    result = session.result(rows)
     if json:
         write_json(json, result)
     return result
+
+
+def _serve(session, images, k, as_json, echo, stdin):
+    """Answer each line of ``stdin`` (tab-separated paths = one batch); returns the number of lines answered."""
+    import json as jsonlib
+    import sys
+
+    stdin = sys.stdin if stdin is None else stdin
+    echo(f"# ready: {session.saved.info['name']} index {session.saved.folder} ({session.saved.ntotal} images, "
+         f"engine {session.featurizer.engine}); one image path per line, end of input to stop")
+    answered = 0
+    lines = (["\t".join(images)] if images else [])
+    for line in _chain(lines, stdin):
+        paths = [part for part in line.rstrip("\n").split("\t") if part.strip()]
+        if not paths:
+            continue
+        tick = time.perf_counter()
+        try:
+            rows = session.query(_expand(paths), k, echo)
+        except (ValueError, OSError) as exc:  # one bad line does not end the session
+            rows, error = [], " ".join(str(exc).split())
+        else:
+            error = None
+        elapsed = time.perf_counter() - tick
+        if as_json:
+            record = session.result(rows)
+            record.update({"seconds": elapsed, "error": error})
+            echo(jsonlib.dumps(record))
+        else:
+            _print_rows(rows, session.score, echo)
+            echo(f"# error: {error}" if error else f"# {elapsed:.3f} s")
+        answered += 1
+    return {"answered": answered}
+
+
+def _chain(first, rest):
+    yield from first
+    yield from rest
+
+
+def main_query(argv=None):
+    """``query.py``: the same contract as :func:`fast_search.cli.run_cli` (``error: ...`` and exit 2 on bad input)
+    without importing the search-experiment modules (scipy, torch): a fresh process pays only what the query
+    needs."""
+    import logging
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as fast_search.cli: FAISS threads sleep, not spin
+    from helpers.cli import parse_args, resolved_config
+    from helpers.feature_store import FeatureStoreError
+    from helpers.log import setup_logging
+
+    parser = query_parser()
+    args = parse_args(parser, argv)
+    setup_logging(args.log_level)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    kwargs = vars(args).copy()
+    kwargs.pop("config", None)
+    def echo(*values):  # flushed: with --serve a client reads each answer as it comes
+        print(*values, flush=True)
+
+    try:
+        return run_query(**kwargs, config=resolved_config(args), argv=argv, echo=echo)
+    except (ValueError, FeatureStoreError, FileNotFoundError) as exc:
+        message = " ".join(str(exc).split())
+        parser.exit(2, f"{parser.prog}: error: {message}\n")

@@ -14,7 +14,9 @@ discovery order).
 """
 import numpy as np
 from PIL import Image, ImageFilter
-from scipy import ndimage
+
+# scipy.ndimage is imported by the two functions that label segments: every hash imports this module, and a
+# process that only computes Phash/Dhash (query.py on a hash index) must not pay scipy's import (~1 s).
 
 SEGMENTATION_SIZE = 300
 SEGMENT_THRESHOLD = 128
@@ -24,6 +26,8 @@ DEFAULT_BIT_ERROR_RATE = 0.25
 
 def _components(mask):
     """4-connected components of ``mask`` as ``(first_index, size, label, labels)`` sorted by first pixel."""
+    from scipy import ndimage
+
     labels, count = ndimage.label(mask)
     if count == 0:
         return [], labels
@@ -43,6 +47,8 @@ def find_segments(pixels, segment_threshold=SEGMENT_THRESHOLD, min_segment_size=
     list of (size, (min_row, min_col, max_row, max_col))
         In imagehash's order: bright regions by first pixel, then dark regions by first pixel.
     """
+    from scipy import ndimage
+
     rows, cols = pixels.shape
     bright = pixels > segment_threshold
     visited = 2 * (rows + cols)  # imagehash marks the pixels just outside the border as segmented

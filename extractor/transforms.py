@@ -25,8 +25,10 @@ same pixels faster (:class:`ImageTransform`):
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
+
+# torch is imported where tensors are made: the registry imports this module, and a process that only hashes or
+# runs a numpy-exported model (query.py, dedup.numpy_net) must not pay torch's import (seconds).
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -279,11 +281,15 @@ class ImageTransform:
 
     def to_uint8(self, image):
         """``uint8`` tensor ``[H, W, 3]`` of the resized, cropped image (the CPU half)."""
+        import torch
+
         if image.mode != "RGB":
             image = image.convert("RGB")
         return torch.from_numpy(np.array(self.resize_crop(image), dtype=np.uint8, copy=True))
 
     def _mean_std(self, device):
+        import torch
+
         key = str(device)
         if key not in self._stats:
             pre = self.preprocessing
@@ -297,6 +303,8 @@ class ImageTransform:
         The result is in ``channels_last`` memory layout when ``channels_last`` (free: it is the layout of the
         permuted HWC batch), contiguous NCHW otherwise. The arithmetic is ``ToTensor`` + ``Normalize``'s.
         """
+        import torch
+
         device = torch.device(device)
         x = batch.to(device, non_blocking=non_blocking).permute(0, 3, 1, 2)
         if not channels_last:

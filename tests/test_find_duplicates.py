@@ -324,3 +324,87 @@ def test_reference_mode_pairs_only_across_and_never_touches_the_reference(small_
     removed = set((tmp_path / "remove.txt").read_text().split())
     assert removed == {a for a, _ in expected}
     assert summary["reference_images"] == len(originals)
+
+
+class ThumbnailModel:
+    """A transparent stand-in for a neural model: the L2-normalised 12x12 grayscale thumbnail (what the cascade
+    needs of a model: ``images``, ``dim``, ``name``)."""
+
+    name, dim, binary = "thumbnail", 144, False
+
+    def images(self, images):
+        rows = [np.asarray(image.convert("L").resize((12, 12)), dtype=np.float32).ravel() - 128 for image in images]
+        return normalize(np.stack(rows)) if rows else np.zeros((0, self.dim), np.float32)
+
+
+def test_calibrated_cascade_reaches_the_target_precision_by_brute_force(tmp_path):
+    """calibrate_cascade's radius R and cosine threshold against the rule computed with full numpy matrices:
+    R is the loosest hash distance (below the hash bulk cap) whose hash-only precision reaches the shortlist
+    target; 1 - s the loosest model distance (below the model bulk cap) whose cascade precision (hash <= R and
+    model <= 1 - s) reaches the target; the precision and recall it reports are the brute-force ones."""
+    from dedup.calibrate import make_copies, sample_rows
+    from dedup.cascade import EmbeddingCache, calibrate_cascade
+    from dedup.features import Featurizer
+    from helpers.image_io import load_image
+
+    images = synthetic_images(36, seed=21, width=96, height=72)
+    paths = []
+    for number, image in enumerate(images):
+        paths.append(str(tmp_path / f"img{number:02d}.png"))
+        image.save(paths[-1])
+    for number in range(4):  # duplicates already in the collection: re-saved JPEGs of the first four
+        paths.append(str(tmp_path / f"dup{number:02d}.jpg"))
+        images[number].save(paths[-1], quality=70)
+    hasher, model = Featurizer("Phash 64 bits"), ThumbnailModel()
+    paths, codes = hasher.files(paths)
+    families, seed, sample, target, shortlist = ("jpeg", "text", "crop", "scale"), 3, 15, 0.9, 0.5
+    radius, calibration = calibrate_cascade(hasher, model, paths, codes, EmbeddingCache(model, paths),
+                                            precision=target, shortlist_precision=shortlist, sample_size=sample,
+                                            families=families, seed=seed)
+    # the brute force, from the same edited copies
+    rows = sample_rows(len(paths), sample, seed)
+    sources, _, copies = make_copies(paths, rows, families, 1, seed)
+    m, n = len(copies), len(paths)
+    collection = model.images([load_image(p) for p in paths])
+    h_copy, h_all = hamming_matrix(hasher.images(copies), codes), hamming_matrix(codes, codes)
+    d_copy = cosine_distance_matrix(model.images(copies), collection)
+    d_all = cosine_distance_matrix(collection, collection)
+    is_source = np.zeros((m, n), dtype=bool)
+    is_source[np.arange(m), sources] = True
+
+    def off_diagonal_quantile(matrix, quantile):
+        values = np.sort(np.concatenate([np.delete(matrix[row], row) for row in rows]))
+        return values, values[min(len(values) - 1, int(quantile * (n - 1) * len(rows)))]
+
+    _, hash_cap = off_diagonal_quantile(h_all, 0.01)
+
+    def hash_precision(r):
+        tp = np.sum(h_copy[is_source] <= r)
+        fp = np.sum((h_copy <= r) & (h_all[sources] > r) & ~is_source)
+        return tp / (tp + fp) if tp + fp else 1.0
+
+    expected_radius = max(r for r in np.unique(h_copy) if r <= hash_cap and hash_precision(r) >= shortlist)
+    assert radius == expected_radius
+
+    def cascade_counts(t):
+        kept = (h_copy <= radius) & (d_copy <= t)
+        tp = np.sum(kept & is_source)
+        fp = np.sum(kept & ~is_source & (d_all[sources] > t))
+        return tp, fp
+
+    def cascade_precision(t):
+        tp, fp = cascade_counts(t)
+        return tp / (tp + fp) if tp + fp else 1.0
+
+    model_values = np.concatenate([d_all[row][np.arange(n) != row] for row in rows])  # n <= 200: all picked
+    model_cap = np.quantile(model_values, 0.01)
+    candidates = np.unique(d_copy[h_copy <= radius])
+    reaching = [t for t in candidates if t <= model_cap + 1e-9 and cascade_precision(t) >= target]
+    assert reaching, "the generated set must admit a threshold (else the test checks nothing)"
+    assert calibration.reached
+    np.testing.assert_allclose(calibration.threshold, max(reaching), atol=1e-5)
+    tp, fp = cascade_counts(calibration.threshold + 1e-7)
+    assert calibration.precision >= target
+    np.testing.assert_allclose(calibration.precision, tp / (tp + fp), atol=1e-9)
+    np.testing.assert_allclose(calibration.recall, tp / m, atol=1e-9)
+    assert 0 < calibration.recall < 1 and calibration.n_copies == m
