@@ -6,11 +6,12 @@ Example::
     python3 query.py holiday.jpg --index photos -k 10 --json neighbours.json
 """
 from dedup.index_cli import query_parser, run_query
-from fast_search.cli import run_cli
+from helpers.cli import keyword_flags, passive_openmp_wait, run_cli
 
 
 def main(argv=None):
-    return run_cli(query_parser(), run_query, argv)
+    passive_openmp_wait()  # before FAISS is loaded
+    return run_cli(query_parser(), lambda args: run_query(**keyword_flags(args)), argv)
 
 
 if __name__ == "__main__":

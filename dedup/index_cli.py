@@ -66,7 +66,7 @@ def build_parser():
 
 def run_build(path, index, append=False, algo=DEFAULT_ALGO, weights="pretrained", factory="Flat", nprobe=None,
               efsearch=None, qdrant=None, memory_budget=None, latency_budget_ms=None, expected_size=None, max_distance=None, min_similarity=None, precision=0.99, calibration_sample=100,
-              workers=1, device="auto", seed=0, force=False, log_level="INFO", config=None, argv=None, echo=print):
+              workers=1, device="auto", seed=0, force=False, config=None, argv=None, echo=print):
     from .calibrate import calibrate
     from .features import Featurizer
     from .index import SavedIndex, append_to_index, build_from_features, index_folder
@@ -149,7 +149,7 @@ def query_parser():
     return parser
 
 
-def run_query(images, index, k=10, json=None, nprobe=None, efsearch=None, device="auto", log_level="INFO",
+def run_query(images, index, k=10, json=None, nprobe=None, efsearch=None, device="auto",
               config=None, argv=None, echo=print):
     from .index import SavedIndex, index_folder, query_index, set_search_params
 

@@ -16,6 +16,7 @@ import torchvision.transforms as T
 from torch import nn
 
 import extract_features as cli
+from conftest import exit_code
 from extractor.extract import InjectedFailure, embed_images, extract_features
 from extractor.models import EmbeddingNet, build_model, save_checkpoint
 from helpers.feature_store import feature_dir, load_features
@@ -193,11 +194,11 @@ def test_checkpoint_extraction_and_names(dataset, tmp_path):
 
 
 def test_command_line_errors_are_one_line(capsys, dataset):
-    assert cli.main(["--algo", "ResNet51 1x", "--dataset", str(dataset)]) == 2
+    assert exit_code(cli.main, ["--algo", "ResNet51 1x", "--dataset", str(dataset)]) == 2
     assert capsys.readouterr().err.startswith("error: unknown algorithm 'ResNet51 1x'")
-    assert cli.main(["--algo", "ResNet18 1x", "--dataset", str(dataset), "--whiten"]) == 2
+    assert exit_code(cli.main, ["--algo", "ResNet18 1x", "--dataset", str(dataset), "--whiten"]) == 2
     assert "--whiten needs --pca" in capsys.readouterr().err
-    assert cli.main(["--algo", "ResNet18 1x", "--dataset", str(dataset), "--pca", "8"]) == 2
+    assert exit_code(cli.main, ["--algo", "ResNet18 1x", "--dataset", str(dataset), "--pca", "8"]) == 2
     assert "--pca-fit-dataset" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--algo", "ResNet18 1x"])
