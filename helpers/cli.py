@@ -151,7 +151,7 @@ def load_config_file(path):
     return {str(key).replace("-", "_"): value for key, value in data.items()}
 
 
-def _config_value(parser, action, value):
+def _config_value(action, value):
     """A value of the config file checked and converted as the flag's own value would be.
 
     Raises ``argparse.ArgumentError`` with argparse's own message (``argument --repeats: invalid int value:
@@ -179,11 +179,31 @@ def _config_value(parser, action, value):
             if isinstance(item, (list, dict)):
                 raise argparse.ArgumentError(action, f"expected one value, got {item!r}")
             converted.append(item)
-        elif isinstance(item, str):
-            converted.append(parser._get_value(action, item))
         else:  # a YAML number or list: argparse would see its text
-            converted.append(parser._get_value(action, str(item)))
+            converted.append(_typed(action, item if isinstance(item, str) else str(item)))
     return converted if several else converted[0]
+
+
+def _typed(action, text):
+    """``text`` converted by the flag's ``type`` as argparse converts a command-line value, with its messages."""
+    try:
+        return action.type(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentError(action, str(exc)) from None
+    except (TypeError, ValueError):
+        name = getattr(action.type, "__name__", repr(action.type))
+        raise argparse.ArgumentError(action, f"invalid {name} value: {text!r}") from None
+
+
+def _flags_of(parser):
+    """``{dest: argparse.Action}`` of ``parser``'s flags and positionals.
+
+    argparse has no public way to list a parser's arguments (``add_argument`` returns each Action, but the
+    scripts build their parsers themselves); this read of ``parser._actions`` is the one private access. The
+    Actions' attributes used here (``dest``, ``type``, ``choices``, ``nargs``, ``required``, ``default``,
+    ``option_strings``) are argparse's documented ones.
+    """
+    return {action.dest: action for action in parser._actions if action.dest != "help"}
 
 
 def parse_args(parser, argv=None):
@@ -202,7 +222,7 @@ def parse_args(parser, argv=None):
         except ConfigFileError as exc:
             config_error(str(exc))
         values.pop("config", None)
-        actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+        actions = _flags_of(parser)
         unknown = sorted(set(values) - set(actions))
         if unknown:
             parser.error(f"config file {known.config} has unknown keys: {', '.join(unknown)}")
@@ -215,7 +235,7 @@ def parse_args(parser, argv=None):
                     parser.error(f"config file {known.config}: {dest}={bad[0]!r} is not one of "
                                  f"{list(action.choices)}")
             try:
-                value = _config_value(parser, action, value)
+                value = _config_value(action, value)
             except argparse.ArgumentError as exc:
                 parser.error(f"config file {known.config}: {exc}")
             # A value from the file satisfies a required flag or positional.
