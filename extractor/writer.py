@@ -102,7 +102,7 @@ class StoreTarget:
         return folder
 
 
-def chunk_batches(start, stop, chunk_size, batch_size, first_chunk):
+def batches_by_chunk(start, stop, chunk_size, batch_size, first_chunk):
     """Per chunk (from ``first_chunk``), its batches of indices in ``[start, stop)``; batches never straddle."""
     chunks = []
     chunk = first_chunk
@@ -118,7 +118,7 @@ def run_pass(items, display, targets, item_fn, batch_fn, *, start, stop, chunk_s
              device, desc, progress, max_pixels):
     """Extract ``items[start:stop]`` chunk by chunk into ``targets`` (resuming each from its own point)."""
     first = min(target.start_chunk for target in targets)
-    chunks = chunk_batches(start, stop, chunk_size, batch_size, first)
+    chunks = batches_by_chunk(start, stop, chunk_size, batch_size, first)
     if not chunks:
         return 0.0
     batches = [batch for _, chunk_batches in chunks for batch in chunk_batches]
