@@ -7,11 +7,12 @@ Example::
     python3 build_index.py ~/Photos/2027 --index photos --append
 """
 from dedup.index_cli import build_parser, run_build
-from fast_search.cli import run_cli
+from helpers.cli import keyword_flags, passive_openmp_wait, run_cli
 
 
 def main(argv=None):
-    return run_cli(build_parser(), run_build, argv)
+    passive_openmp_wait()  # before FAISS is loaded
+    return run_cli(build_parser(), lambda args: run_build(**keyword_flags(args)), argv)
 
 
 if __name__ == "__main__":

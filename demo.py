@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers.cli import add_common_arguments, parse_args
+from helpers.cli import add_common_arguments, run_cli
 from helpers.paths import CLUSTERING_DIR, DATASETS_DIR, NEIGHBORS_DIR, REPO_ROOT, RESULTS_DIR, slugify
 
 # scikit-image's bundled real photographs (no synthetic test patterns), with underscore-free names.
@@ -97,7 +97,12 @@ def build_demo_photos(target):
 
 
 def main(argv=None):
-    args = parse_args(build_parser(), argv)
+    """``demo.py``: bad flags end as one ``error:`` line and exit code 2 (:func:`helpers.cli.run_cli`); a failed step
+    ends the demo with its command and exit code 1."""
+    return run_cli(build_parser(), run_demo, argv)
+
+
+def run_demo(args):
     force = ["--force"] if args.force else []
     workers = ["--workers", str(args.workers)]
     demo_dir = DATASETS_DIR / "demo"

@@ -12,8 +12,7 @@ epoch when the dataset holds originals and attacked copies. Writes finetuning_ev
 import argparse
 import sys
 
-from helpers.cli import add_common_arguments, add_max_pixels_argument, parse_args, resolved_config
-from helpers.log import setup_logging
+from helpers.cli import add_common_arguments, add_max_pixels_argument, resolved_config, run_cli
 
 
 def build_parser():
@@ -46,22 +45,21 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    setup_logging(args.log_level)
+    """``evaluate_finetuning.py``: one ``error:`` line and exit code 2 on bad input (:func:`helpers.cli.run_cli`)."""
+    return run_cli(build_parser(), run, argv)
+
+
+def run(args):
     from finetuning.evaluate import evaluate_finetuning
     from helpers.device import resolve_device
-    from helpers.experiment import ExperimentExistsError, start_experiment
+    from helpers.experiment import start_experiment
 
-    try:
-        device = resolve_device(args.device)
-        experiment = start_experiment(args.out, resolved_config(args), force=args.force, device=device)
-        summary = evaluate_finetuning(args.checkpoints, args.dataset, args.out, baseline=args.baseline,
-                                      baseline_weights=args.baseline_weights, seed=args.seed, size=args.size,
-                                      metric=args.metric, min_cluster_size=args.min_cluster_size, device=device,
-                                      max_pixels=args.max_pixels)
-    except (ValueError, FileNotFoundError, ExperimentExistsError) as exc:
-        parser.exit(2, f"error: {exc}\n")
+    device = resolve_device(args.device)
+    experiment = start_experiment(args.out, resolved_config(args), force=args.force, device=device)
+    summary = evaluate_finetuning(args.checkpoints, args.dataset, args.out, baseline=args.baseline,
+                                  baseline_weights=args.baseline_weights, seed=args.seed, size=args.size,
+                                  metric=args.metric, min_cluster_size=args.min_cluster_size, device=device,
+                                  max_pixels=args.max_pixels)
     experiment.finish(**{k: v for k, v in summary.items() if k == "best_epoch"})
     print(f"{'model':<28}{'recall@1':>10}{'ratio1':>9}{'ratio2':>9}")
     for model in summary["models"]:

@@ -17,8 +17,7 @@ Examples::
 import argparse
 import sys
 
-from helpers.cli import add_common_arguments, add_max_pixels_argument, parse_args
-from helpers.log import setup_logging
+from helpers.cli import add_common_arguments, add_max_pixels_argument, run_cli
 
 
 def build_parser():
@@ -119,9 +118,15 @@ def list_algorithms():
 
 
 def main(argv=None):
+    """``extract_features.py``: one ``error:`` line and exit code 2 on bad input (:func:`helpers.cli.run_cli`)."""
+    from helpers.image_io import ImageLoadError
+    from helpers.locking import LockBusyError
+
     parser = build_parser()
-    args = parse_args(parser, argv)
-    setup_logging(args.log_level)
+    return run_cli(parser, lambda args: _run(parser, args), argv, errors=(ImageLoadError, LockBusyError))
+
+
+def _run(parser, args):
     if args.list:
         list_algorithms()
         return 0
@@ -130,24 +135,16 @@ def main(argv=None):
     if not args.dataset:
         parser.error("give --dataset NAME_OR_PATH [...]")
     from extractor.extract import extract_features
-    from extractor.models import WeightsUnavailableError
-    from helpers.feature_store import FeatureStoreError
-    from helpers.image_io import ImageLoadError
-    from helpers.locking import LockBusyError
     from helpers.paths import FEATURES_DIR
 
-    try:
-        folders = extract_features(
-            args.algo, args.dataset, batch_size=args.batch_size, workers=args.workers, device=args.device,
-            weights=args.weights, precision=args.precision, out=args.out or FEATURES_DIR,
-            checkpoint=args.checkpoint, name=args.name, force=args.force, l2_normalize=args.l2_normalize,
-            pca=args.pca, pca_fit_dataset=args.pca_fit_dataset, whiten=args.whiten, layers=args.layers,
-            seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode,
-            wait=not args.no_wait, max_pixels=args.max_pixels, adapt=args.adapt, hash_decode=args.hash_decode)
-    except (ValueError, FileNotFoundError, WeightsUnavailableError, FeatureStoreError, ImageLoadError,
-            LockBusyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # extractor.models.WeightsUnavailableError is a FileNotFoundError: run_cli reports it as one line
+    folders = extract_features(
+        args.algo, args.dataset, batch_size=args.batch_size, workers=args.workers, device=args.device,
+        weights=args.weights, precision=args.precision, out=args.out or FEATURES_DIR,
+        checkpoint=args.checkpoint, name=args.name, force=args.force, l2_normalize=args.l2_normalize,
+        pca=args.pca, pca_fit_dataset=args.pca_fit_dataset, whiten=args.whiten, layers=args.layers,
+        seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode,
+        wait=not args.no_wait, max_pixels=args.max_pixels, adapt=args.adapt, hash_decode=args.hash_decode)
     for folder in folders:
         print(f"features: {folder}")
     return 0

@@ -8,11 +8,12 @@ Example::
     python3 find_duplicates.py --undo Duplicates/Photos/undo.jsonl
 """
 from dedup.find import build_parser, run_find
-from fast_search.cli import run_cli
+from helpers.cli import keyword_flags, passive_openmp_wait, run_cli
 
 
 def main(argv=None):
-    return run_cli(build_parser(), run_find, argv)
+    passive_openmp_wait()  # before FAISS is loaded
+    return run_cli(build_parser(), lambda args: run_find(**keyword_flags(args)), argv)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,7 @@ epoch to <log_dir>_models/<timestamp>/epoch_<n>.pth (``extract_features.py --che
 import argparse
 import sys
 
-from helpers.cli import add_common_arguments, parse_args
-from helpers.log import setup_logging
+from helpers.cli import add_common_arguments, run_cli
 
 
 def build_parser():
@@ -34,17 +33,15 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    setup_logging(args.log_level)
+    """``finetune.py``: one ``error:`` line and exit code 2 on bad input (:func:`helpers.cli.run_cli`)."""
+    return run_cli(build_parser(), run, argv)
+
+
+def run(args):
     from finetuning.config import config_from_args
     from finetuning.trainer import run_finetuning
 
-    try:
-        config = config_from_args(args)
-        summary = run_finetuning(config)
-    except (ValueError, FileNotFoundError) as exc:
-        parser.exit(2, f"error: {exc}\n")
+    summary = run_finetuning(config_from_args(args))
     if summary and summary.get("best_epoch") is not None:
         value = summary.get("best_value")
         shown = f", {summary.get('metric')} {value:.4f}" if isinstance(value, float) else ""

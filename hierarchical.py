@@ -4,7 +4,8 @@
 Run ``python3 hierarchical.py -h`` for every flag.
 """
 from clustering.hierarchical import build_parser, run
-from clustering.pipeline import run_cli
+from clustering.pipeline import CLI_ERRORS
+from helpers.cli import run_cli
 
 if __name__ == "__main__":
-    run_cli(run, build_parser())
+    run_cli(build_parser(), run, errors=CLI_ERRORS)

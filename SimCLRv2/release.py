@@ -18,8 +18,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from helpers.cli import add_common_arguments, parse_args, str2bool
-from helpers.log import get_logger, setup_logging
+from helpers.cli import add_common_arguments, run_cli, str2bool
+from helpers.log import get_logger
 
 from .convert import ConversionError, convert_checkpoint, find_checkpoint_prefix, save_state
 from .download_utils import NetworkError, RemoteFileError, download_files
@@ -228,9 +228,15 @@ def offline_message(release, model, category, ema, root, reason):
 
 
 def main(release, argv=None):
-    """``download.py``: download (or take ``--from-dir``), convert, save. Returns the exit code."""
-    args = parse_args(build_parser(release), argv)
-    setup_logging(args.log_level)
+    """``download.py``: download (or take ``--from-dir``), convert, save. Returns the exit code.
+
+    Bad flags end as one ``error:`` line and exit code 2 (:func:`helpers.cli.run_cli`); a download or conversion
+    that fails returns 1 after its explanation (the offline instructions take several lines).
+    """
+    return run_cli(build_parser(release), lambda args: _download(release, args), argv)
+
+
+def _download(release, args):
     ema = bool(getattr(args, "ema", False))
     target = release.torch_path(args.model, args.category, ema, args.out_dir)
     if target.is_file() and not args.force:

@@ -15,7 +15,7 @@ from helpers.cli import add_common_arguments, resolved_config
 from helpers.datasets import resolve_dataset
 from helpers.device import resolve_device
 from helpers.experiment import start_experiment
-from helpers.feature_store import FeatureStoreError, load_features
+from helpers.feature_store import load_features
 from helpers.log import get_logger, setup_logging
 from helpers.paths import RESULTS_DIR, slugify
 from helpers.results import write_json
@@ -257,17 +257,9 @@ def print_summary(results, folder):
 
 
 def main(argv=None):
-    """``train_adaptation.py``: parse, run, one ``error:`` line on bad input."""
-    import sys
+    """``train_adaptation.py``: parse, run, one ``error:`` line and exit code 2 on bad input
+    (:func:`helpers.cli.run_cli`)."""
+    from helpers.cli import run_cli
 
-    from helpers.cli import parse_args
-    from helpers.experiment import ExperimentExistsError
-
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    try:
-        run(args)
-    except (ValueError, FeatureStoreError, ExperimentExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    run_cli(build_parser(), run, argv)
     return 0

@@ -145,7 +145,8 @@ def load_average():
 def main(argv=None):
     args = parse_args(build_parser(), argv)
     setup_logging(args.log_level)
-    from extractor.extract import auto_workers, extract_features
+    from extractor.extract import extract_features
+    from extractor.loading import auto_workers
     from extractor.models import build_model
     from extractor.transforms import reference_transform
     from helpers.feature_store import load_features

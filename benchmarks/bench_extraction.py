@@ -118,7 +118,7 @@ def _batches(n, batch_size):
 def time_loader(paths, item_fn, batch_size, workers, device, consume=None):
     """``((images/s, images per CPU-s) after the first batch, seconds to the first batch, outputs, overall images/s
     from the loader's creation)``."""
-    from extractor.extract import make_loader
+    from extractor.loading import make_loader
 
     loader = make_loader(paths, item_fn, _batches(len(paths), batch_size), workers, device)
     prepare = getattr(item_fn, "prepare_batch", None)
@@ -146,7 +146,7 @@ def run_peer(paths, model, batch_size, workers, device):
     """The seed's extraction loop (torchvision transforms in the workers, fp32, per-batch copy back)."""
     import torchvision.transforms as T
 
-    from extractor.extract import ImageDataset
+    from extractor.loading import ImageDataset
 
     transform = T.Compose([T.Resize((256, 256), interpolation=T.InterpolationMode.LANCZOS), T.CenterCrop(224),
                            T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
@@ -228,7 +228,8 @@ def run_extract_features(paths, args, device, precision, workers, batch_size, de
 def main(argv=None):
     args = parse_args(build_parser(), argv)
     setup_logging(args.log_level)
-    from extractor.extract import Embedder, auto_workers
+    from extractor.embedding import Embedder
+    from extractor.loading import auto_workers
     from extractor.models import build_model
 
     device = resolve_device(args.device)

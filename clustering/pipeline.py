@@ -6,7 +6,6 @@ without ``--force``, resuming an unfinished one) -> one run per parameter value 
 HTML summary -> ``results.json`` and the experiment record marked finished.
 """
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers.cli import add_common_arguments, add_max_pixels_argument, resolved_config, str2bool
-from helpers.experiment import ExperimentExistsError, start_experiment
-from helpers.feature_store import FeatureStoreError
+from helpers.experiment import start_experiment
 from helpers.log import get_logger, setup_logging
 from helpers.paths import CLUSTERING_DIR, FEATURES_DIR
 from helpers.results import write_json
@@ -24,7 +22,7 @@ from helpers.seeding import seed_everything
 from . import layout, report
 from .data import (CLEAN_EXCLUDED_TEMPLATES, DEFAULT_ALGORITHM, DEFAULT_DATASET, PARTITIONS,
                    load_clustering_data)
-from .distances import FeatureSpace, MetricError
+from .distances import FeatureSpace
 from .metrics import OUTLIER_MODES, external_scores
 
 logger = get_logger(__name__)
@@ -224,27 +222,9 @@ def print_table(st, runs):
         print(f"not done: {request}: {error}")
 
 
-class CliError(SystemExit):
-    """Exit code 2 after one ``error: ...`` line on stderr; the message is kept in ``.message``."""
-
-    def __init__(self, message):
-        super().__init__(2)
-        self.message = message
-
-
-def run_cli(main, parser, argv=None):
-    """Run ``main(args)`` and turn the expected failures into one ``error: ...`` line (exit code 2)."""
-    from helpers.cli import parse_args
-
-    args = parse_args(parser, argv)
-    try:
-        return main(args)
-    except (FeatureStoreError, MetricError, ExperimentExistsError, ValueError, MemoryError) as exc:
-        if getattr(args, "log_level", "INFO") == "DEBUG":
-            raise
-        message = f"error: {exc}"
-        print(message, file=sys.stderr)
-        raise CliError(message) from None
+# Expected failures of the clustering scripts besides helpers.cli.run_cli's usual ones: too many pairs within eps
+# for memory (clustering.distances.radius_graph) ends as one error line that says which flag to change.
+CLI_ERRORS = (MemoryError,)
 
 
 def device_of(args):

@@ -2,7 +2,6 @@
 import argparse
 import csv
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -267,16 +266,8 @@ def run(args):
 
 
 def main(argv=None):
-    """``scan.py``: parse, run, one ``error:`` line on bad input."""
-    from helpers.cli import parse_args
-    from helpers.experiment import ExperimentExistsError
-    from helpers.feature_store import FeatureStoreError
+    """``scan.py``: parse, run, one ``error:`` line and exit code 2 on bad input (:func:`helpers.cli.run_cli`)."""
+    from helpers.cli import run_cli
 
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    try:
-        run(args)
-    except (ValueError, FeatureStoreError, ExperimentExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    run_cli(build_parser(), run, argv)
     return 0

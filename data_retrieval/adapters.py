@@ -20,8 +20,7 @@ from pathlib import Path, PurePosixPath
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_retrieval.runner import cli_main  # noqa: E402
-from helpers.cli import add_common_arguments  # noqa: E402
+from helpers.cli import add_common_arguments, run_cli  # noqa: E402
 from helpers.ground_truth import (GROUND_TRUTH_FILE, LABELS_FILE, GroundTruthError,  # noqa: E402
                                   ground_truth_from_names, labels_from_names, labels_from_subfolders,
                                   write_ground_truth, write_labels)
@@ -172,7 +171,7 @@ def _run(args):
 
 
 def main(argv=None):
-    return cli_main(build_parser(), argv, _run, errors=(FileNotFoundError, ValueError, OSError))
+    return run_cli(build_parser(), _run, argv, errors=(OSError,))
 
 
 if __name__ == "__main__":

@@ -16,8 +16,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data_retrieval.memes import build_memes  # noqa: E402
-from data_retrieval.runner import cli_main  # noqa: E402
-from helpers.cli import add_common_arguments, add_max_pixels_argument  # noqa: E402
+from helpers.cli import add_common_arguments, add_max_pixels_argument, run_cli  # noqa: E402
 
 
 def build_parser():
@@ -40,7 +39,7 @@ def build_parser():
 
 def main(argv=None):
     """Entry point of ``python3 data_retrieval/build_memes.py``."""
-    return cli_main(build_parser(), argv, _run, errors=(OSError, ValueError))
+    return run_cli(build_parser(), _run, argv, errors=(OSError,))
 
 
 def _run(args):

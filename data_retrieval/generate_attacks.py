@@ -30,9 +30,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from data_retrieval.attacks import (DEFAULT_PARAMS, all_families, apply_attack,  # noqa: E402
                                     apply_attack_described, attack_ids)
-from data_retrieval.runner import (clean_partial_files, cli_main, encode, finish_report, load_for_task,  # noqa: E402
+from data_retrieval.runner import (clean_partial_files, encode, finish_report, load_for_task,  # noqa: E402
                                    new_result, run_parallel, write_atomic)
-from helpers.cli import add_common_arguments, add_max_pixels_argument, str2bool  # noqa: E402
+from helpers.cli import add_common_arguments, add_max_pixels_argument, run_cli, str2bool  # noqa: E402
 from helpers.ground_truth import GROUND_TRUTH_FILE, write_ground_truth  # noqa: E402
 from helpers.image_io import DEFAULT_MAX_PIXELS, SkipReport, list_images  # noqa: E402
 from helpers.seeding import stable_seed  # noqa: E402
@@ -280,7 +280,7 @@ def _number(text):
 def main(argv=None):
     """Entry point of ``python3 data_retrieval/generate_attacks.py``."""
     parser = build_parser()
-    return cli_main(parser, argv, lambda args: _run(parser, args), errors=(OSError, ValueError, TypeError))
+    return run_cli(parser, lambda args: _run(parser, args), argv, errors=(OSError, TypeError))
 
 
 def _run(parser, args):

@@ -31,8 +31,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_retrieval.runner import cli_main  # noqa: E402
-from helpers.cli import add_common_arguments  # noqa: E402
+from helpers.cli import add_common_arguments, run_cli  # noqa: E402
 from helpers.datasets import identity_of  # noqa: E402
 from helpers.image_io import SkipReport, list_images  # noqa: E402
 
@@ -248,7 +247,7 @@ def build_parser():
 
 def main(argv=None):
     """Entry point of ``python3 data_retrieval/kaggle_splitter.py``."""
-    return cli_main(build_parser(), argv, _run, errors=(CsvFormatError, OSError))
+    return run_cli(build_parser(), _run, argv, errors=(OSError,))
 
 
 def _run(args):

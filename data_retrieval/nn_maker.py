@@ -12,7 +12,6 @@ Fréchet distance between the two feature distributions (Gaussians fitted to the
 """
 import argparse
 import csv
-import logging
 import os
 import shutil
 import time
@@ -260,22 +259,8 @@ def run(args):
 
 
 def main(argv=None):
-    """``nn_maker.py``: parse, run, one ``error:`` line on bad input."""
-    import sys
+    """``nn_maker.py``: parse, run, one ``error:`` line and exit code 2 on bad input (:func:`helpers.cli.run_cli`)."""
+    from helpers.cli import run_cli
 
-    from helpers.cli import parse_args
-    from helpers.experiment import ExperimentExistsError
-    from helpers.feature_store import FeatureStoreError
-
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    from helpers.log import setup_logging
-
-    setup_logging(args.log_level)
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise here
-    try:
-        run(args)
-    except (ValueError, FeatureStoreError, ExperimentExistsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    run_cli(build_parser(), run, argv, errors=(OSError,))
     return 0

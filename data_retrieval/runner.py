@@ -1,4 +1,7 @@
-"""Plumbing shared by the attack generator and the meme builder: processes, atomic writes, encoding, skip lists."""
+"""Plumbing shared by the attack generator and the meme builder: processes, atomic writes, encoding, skip lists.
+
+Their command lines run through :func:`helpers.cli.run_cli`.
+"""
 import io
 import multiprocessing
 import os
@@ -33,19 +36,6 @@ def load_for_task(path, result, max_pixels=DEFAULT_MAX_PIXELS):
         return None
     result["loaded"] = True
     return image
-
-
-def cli_main(parser, argv, run, errors=(FileNotFoundError, ValueError)):
-    """Parse ``argv`` (``--config`` aware), set up logging, call ``run(args)``; ``errors`` end as ``error: ...``."""
-    from helpers.cli import parse_args
-    from helpers.log import setup_logging
-
-    args = parse_args(parser, argv)
-    setup_logging(args.log_level)
-    try:
-        return run(args)
-    except errors as exc:
-        parser.exit(2, f"error: {exc}\n")
 
 
 def _die_with_parent(parent_pid):

@@ -113,7 +113,7 @@ class Featurizer:
             if not images:
                 return np.zeros((0, self.spec.nbytes), dtype=np.uint8)
             return np.stack([compute_hashes(image, [self.spec])[0] for image in images])
-        from extractor.extract import embed_images
+        from extractor.embedding import embed_images
 
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -179,7 +179,7 @@ def run_find(path=None, reference=None, algo=DEFAULT_ALGO, weights="pretrained",
              verify_with=None, shortlist_precision=0.5, shortlist_distance=None, grouping="star", qdrant=None,
              output=None, move_to=None, symlink_to=None, list_to_remove=None, apply=False,
              undo=None, workers=1, batch_size=32, html_limit=2000, device="auto", seed=0, force=False,
-             log_level="INFO", config=None, argv=None, echo=print):
+             config=None, argv=None, echo=print):
     """Everything ``find_duplicates.py`` does; returns a summary dict (also written as ``summary.json``)."""
     from helpers.experiment import start_experiment
 

@@ -66,7 +66,7 @@ def build_parser():
 
 def run_build(path, index, append=False, algo=DEFAULT_ALGO, weights="pretrained", factory="Flat", nprobe=None,
               efsearch=None, qdrant=None, memory_budget=None, latency_budget_ms=None, expected_size=None, max_distance=None, min_similarity=None, precision=0.99, calibration_sample=100,
-              workers=1, device="auto", seed=0, force=False, log_level="INFO", config=None, argv=None, echo=print):
+              workers=1, device="auto", seed=0, force=False, config=None, argv=None, echo=print):
     from .calibrate import calibrate
     from .features import Featurizer
     from .index import SavedIndex, append_to_index, build_from_features, index_folder
@@ -287,29 +287,3 @@ def _chain(first, rest):
     yield from first
     yield from rest
 
-
-def main_query(argv=None):
-    """``query.py``: the same contract as :func:`fast_search.cli.run_cli` (``error: ...`` and exit 2 on bad input)
-    without importing the search-experiment modules (scipy, torch): a fresh process pays only what the query
-    needs."""
-    import logging
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as fast_search.cli: FAISS threads sleep, not spin
-    from helpers.cli import parse_args, resolved_config
-    from helpers.feature_store import FeatureStoreError
-    from helpers.log import setup_logging
-
-    parser = query_parser()
-    args = parse_args(parser, argv)
-    setup_logging(args.log_level)
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    kwargs = vars(args).copy()
-    kwargs.pop("config", None)
-    def echo(*values):  # flushed: with --serve a client reads each answer as it comes
-        print(*values, flush=True)
-
-    try:
-        return run_query(**kwargs, config=resolved_config(args), argv=argv, echo=echo)
-    except (ValueError, FeatureStoreError, FileNotFoundError) as exc:
-        message = " ".join(str(exc).split())
-        parser.exit(2, f"{parser.prog}: error: {message}\n")

@@ -9,7 +9,9 @@ Public names (imported lazily, so ``import extractor`` stays cheap and the hashe
   (:mod:`extractor.registry`);
 - preprocessing: :class:`Preprocessing`, :class:`ImageTransform`, :func:`reference_transform`
   (:mod:`extractor.transforms`);
-- extraction: :func:`extract_features`, :func:`embed_images` (:mod:`extractor.extract`);
+- extraction: :func:`extract_features` (:mod:`extractor.extract`, the orchestration; its parts are
+  :mod:`extractor.loading` (DataLoader), :mod:`extractor.embedding` (running a model, :func:`embed_images`),
+  :mod:`extractor.writer` (resumable store writing) and :mod:`extractor.merge` (torchrun shard merge));
 - post-processing: :func:`l2_normalize`, :class:`PCA`, :class:`MultiLayerFeatures` (:mod:`extractor.postprocess`);
 - hashes: :func:`get_hash_spec`, :func:`compute_hashes`, :func:`hash_images`, :class:`HashSpec`
   (:mod:`extractor.hashing`).
@@ -22,7 +24,8 @@ _EXPORTS = {
                "sscd_weights_file", "positional_state"),
     "registry": ("resolve_algorithm", "get_model_spec", "model_names", "SEED_MODELS", "ModelSpec", "CheckpointSpec"),
     "transforms": ("Preprocessing", "ImageTransform", "reference_transform"),
-    "extract": ("extract_features", "embed_images"),
+    "extract": ("extract_features",),
+    "embedding": ("embed_images",),
     "postprocess": ("l2_normalize", "PCA", "MultiLayerFeatures"),
     "hashing": ("get_hash_spec", "compute_hashes", "hash_images", "HashSpec"),
 }

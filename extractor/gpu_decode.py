@@ -297,7 +297,7 @@ class GpuJpegItem:
     image is resized on the device (exact LANCZOS), the expensive step of the CPU path. Only a centre crop larger
     than the resized image is done on the CPU (``'pixels'``).
 
-    Takes paths (or PIL images) itself (``loads_itself``): :class:`extractor.extract.ImageDataset` calls it with the
+    Takes paths (or PIL images) itself (``loads_itself``): :class:`extractor.loading.ImageDataset` calls it with the
     item and ``max_pixels``.
     """
 

@@ -1,24 +1,15 @@
-"""Argument parsers of the three root scripts, and the one way they report bad input."""
+"""Argument parsers of the search scripts (``search_experiment.py``, ``process.py``, ``explore_neighbors.py``);
+they run through :func:`helpers.cli.run_cli`."""
 import argparse
-import logging
-import os
 
-# FAISS's OpenMP threads spin while they wait by default; on a machine shared with other jobs (or with more threads
-# than free cores) each small search can then wait for a whole scheduler time slice (measured: 0.2 s instead of
-# 0.2 ms for a 100 x 2000 binary search on 2 busy cores), while sleeping waits cost microseconds on an idle machine.
-# Set here, before FAISS is loaded, for the scripts only; an OMP_WAIT_POLICY set by the user wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from helpers.cli import add_common_arguments, add_max_pixels_argument, passive_openmp_wait, positive_int
 
-from helpers.cli import (add_common_arguments, add_max_pixels_argument, parse_args, positive_int,  # noqa: E402
-                         resolved_config)
-from helpers.experiment import ExperimentExistsError  # noqa: E402
-from helpers.feature_store import FeatureStoreError  # noqa: E402
-from helpers.log import setup_logging  # noqa: E402
+passive_openmp_wait()  # before FAISS is loaded (by .experiment below)
+
 from helpers.paths import FEATURES_DIR, NEIGHBORS_DIR, RESULTS_DIR  # noqa: E402
 
 from .experiment import EXPERIMENTS  # noqa: E402
 from .index import BACKENDS, METRICS  # noqa: E402
-
 
 
 
@@ -145,18 +136,3 @@ def explore_neighbors_parser():
     add_max_pixels_argument(parser)
     add_common_arguments(parser, seed=False)
     return parser
-
-
-def run_cli(parser, function, argv=None):
-    """Parse ``argv``, call ``function(**flags, config=resolved, argv=argv)``; bad input ends as one
-    ``error: ...`` line and exit code 2."""
-    args = parse_args(parser, argv)
-    setup_logging(args.log_level)
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is noise
-    kwargs = vars(args).copy()
-    kwargs.pop("config", None)
-    try:
-        return function(**kwargs, config=resolved_config(args), argv=argv)
-    except (ValueError, FeatureStoreError, ExperimentExistsError, FileNotFoundError) as exc:
-        message = " ".join(str(exc).split())
-        parser.exit(2, f"{parser.prog}: error: {message}\n")

@@ -58,8 +58,8 @@ def run_experiment(name, algo, main_dataset, query_dataset, distractor_dataset=N
                    ks=None, nprobes=None, efsearch=None, index=None, device="auto", backend="auto", repeats=3,
                    batch_size=None, train_size=None, threads=None, results_root=RESULTS_DIR,
                    features_root=FEATURES_DIR, ground_truth=None, score_norm_dataset=None, score_norm_k=1,
-                   score_norm_beta=1.0, save_neighbors=False,
-                   force=False, config=None, argv=None, **ignored):
+                   score_norm_beta=1.0, save_neighbors=False, seed=0,
+                   force=False, config=None, argv=None):
     """Run a search experiment (the function behind ``search_experiment.py``) and return its results dict.
 
     Parameters
@@ -80,6 +80,9 @@ def run_experiment(name, algo, main_dataset, query_dataset, distractor_dataset=N
         Each search is timed this many times; the best time is kept.
     batch_size, train_size, threads : int, optional
         Queries per search batch; rows IVF/PQ indexes are trained on; CPU threads.
+    seed : int
+        Seed of the random draw of the ``train_size`` training rows (``--seed``; the only randomness of a search
+        experiment, so it changes IVF/PQ results only when ``train_size`` is below the database size).
     ground_truth : path, optional
         Ground-truth file (default: ``ground_truth.csv`` in the query folder; :mod:`helpers.ground_truth`).
     score_norm_dataset, score_norm_k, score_norm_beta : optional
@@ -117,7 +120,7 @@ def run_experiment(name, algo, main_dataset, query_dataset, distractor_dataset=N
                   "backend": backend, "repeats": repeats, "batch_size": batch_size, "train_size": train_size,
                   "threads": threads, "ground_truth": ground_truth, "score_norm_dataset": score_norm_dataset,
                   "score_norm_k": score_norm_k, "score_norm_beta": score_norm_beta, "save_neighbors": save_neighbors,
-                  "results_root": str(results_root), "features_root": str(features_root), "force": force}
+                  "seed": seed, "results_root": str(results_root), "features_root": str(features_root), "force": force}
     torch_device = resolve_device(device)
     set_threads(threads)
 
@@ -127,7 +130,7 @@ def run_experiment(name, algo, main_dataset, query_dataset, distractor_dataset=N
         exp = Experiment(algorithm, main_dataset, query_dataset, distractor_dataset, features_root=features_root,
                          device=torch_device, backend=backend, batch_size=batch_size, train_size=train_size,
                          ground_truth=ground_truth, score_norm_dataset=score_norm_dataset,
-                         score_norm_k=score_norm_k, score_norm_beta=score_norm_beta)
+                         score_norm_k=score_norm_k, score_norm_beta=score_norm_beta, seed=seed)
         exp.neighbors_dir = folder / "neighbors" if save_neighbors else None
         specs = plan_runs(exp, experiment, metrics=metrics, ks=ks, nprobes=nprobes, efsearch=efsearch,
                           indexes=index)

@@ -216,11 +216,12 @@ class FaissIndex(_BaseIndex):
     (HNSW, most binary ones) stay on the CPU with a warning.
     """
 
-    def __init__(self, factory, metric, dim, binary=False, gpu=None, batch_size=8192, train_size=None):
+    def __init__(self, factory, metric, dim, binary=False, gpu=None, batch_size=8192, train_size=None, seed=0):
         super().__init__(factory, metric, dim, batch_size)
         faiss = _faiss()
         self.binary = bool(binary)
         self.train_size = int(train_size) if train_size else None
+        self.seed = int(seed)
         check_metric(metric, self.binary)
         try:
             if self.binary:
@@ -257,11 +258,11 @@ class FaissIndex(_BaseIndex):
                           "it runs on CPU")
 
     def train(self, x):
-        """Train on ``x`` (on ``train_size`` rows drawn without replacement, seed 0, when it has more)."""
+        """Train on ``x`` (on ``train_size`` rows drawn without replacement with ``seed``, when it has more)."""
         if self.index.is_trained:
             return
         if self.train_size and x.shape[0] > self.train_size:
-            rows = np.sort(np.random.default_rng(0).choice(x.shape[0], self.train_size, replace=False))
+            rows = np.sort(np.random.default_rng(self.seed).choice(x.shape[0], self.train_size, replace=False))
             x = x[rows]
         try:
             self.index.train(x)
@@ -496,7 +497,7 @@ def choose_backend(backend, device, factory, metric, binary=False):
 
 
 def make_index(factory, metric, dim, binary=False, device="cpu", backend="auto", batch_size=None,
-               db_chunk=None, distance_fn=None, train_size=None):
+               db_chunk=None, distance_fn=None, train_size=None, seed=0):
     """Build an (empty) index of any backend.
 
     Parameters
@@ -520,6 +521,8 @@ def make_index(factory, metric, dim, binary=False, device="cpu", backend="auto",
     train_size : int, optional
         Train FAISS indexes (IVF, PQ) on at most this many database rows (random, seeded); bounds the training
         time on large databases (FAISS itself samples up to 256 points per IVF list).
+    seed : int
+        Seed of that random draw of ``train_size`` rows (``--seed``).
     """
     import torch
 
@@ -533,7 +536,7 @@ def make_index(factory, metric, dim, binary=False, device="cpu", backend="auto",
         return TorchFlatIndex(metric, dim, device=device, batch_size=batch_size, db_chunk=db_chunk)
     gpu = (device.index or 0) if chosen == "faiss-gpu" else None
     return FaissIndex(factory, metric, dim, binary=binary, gpu=gpu, batch_size=batch_size or 8192,
-                      train_size=train_size)
+                      train_size=train_size, seed=seed)
 
 
 def exact_rerank(vectors, queries, candidate_ids, k, metric="cosine", batch_size=64):

@@ -130,7 +130,7 @@ def explore_neighbors(name, algo, main_dataset, query_dataset, distractor_datase
                       limit=None, correct_within=1, factory="Flat", device="auto", backend="auto", batch_size=None,
                       tile=160, max_pixels=DEFAULT_MAX_PIXELS,
                       neighbors_root=NEIGHBORS_DIR, features_root=FEATURES_DIR, ground_truth=None,
-                      neighbors_file=None, force=False, config=None, argv=None, **ignored):
+                      neighbors_file=None, force=False, config=None, argv=None):
     """Write the neighbour gallery ``neighbors_root/name/`` and return ``{category: count}``.
 
     Parameters

@@ -270,7 +270,7 @@ def plot_experiment(results, folder, log_y=False, formats=("png", "pdf")):
     return written
 
 
-def process_experiment(name, results_root=None, log_y=False, formats=("png", "pdf"), **ignored):
+def process_experiment(name, results_root=None, log_y=False, formats=("png", "pdf")):
     """``process.py``: read ``results_root/name/results.json``, write its plots beside it, return their paths."""
     from helpers.paths import RESULTS_DIR
     from helpers.results import read_json

@@ -77,11 +77,13 @@ class Experiment:
         Queries per search batch.
     train_size : int, optional
         Train IVF/PQ indexes on at most this many database rows.
+    seed : int
+        Seed of the random draw of those ``train_size`` rows.
     """
 
     def __init__(self, algorithm, main_dataset, query_dataset, distractor_dataset=None, features_root=FEATURES_DIR,
                  device="cpu", backend="auto", batch_size=None, train_size=None, ground_truth=None,
-                 score_norm_dataset=None, score_norm_k=1, score_norm_beta=1.0):
+                 score_norm_dataset=None, score_norm_k=1, score_norm_beta=1.0, seed=0):
         import torch
 
         self.algorithm = algorithm
@@ -91,6 +93,7 @@ class Experiment:
         self.backend = backend
         self.batch_size = batch_size
         self.train_size = train_size
+        self.seed = int(seed)
         main = resolve_store_dataset(main_dataset)
         query = resolve_store_dataset(query_dataset)
         distractor = resolve_store_dataset(self.distractor_dataset) if self.distractor_dataset else None
@@ -226,7 +229,7 @@ class Experiment:
         factory_str = self.factory_for(factory_str)
         self.index = make_index(factory_str, metric, self.d, binary=self.binary, device=self.device,
                                 backend=self.backend, batch_size=self.batch_size, train_size=self.train_size,
-                                distance_fn=self.distance_fn(metric))
+                                seed=self.seed, distance_fn=self.distance_fn(metric))
         self.factory_str, self.metric = self.index.factory, metric
         self.experiment_name = f"{self.factory_str}--{self.metric}"
         self.D = self.I = None

@@ -11,6 +11,15 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
+def exit_code(main, argv):
+    """The exit code of a script's ``main(argv)`` run in this process: what it returns, or the code of the
+    ``SystemExit`` it raises (bad input ends through :func:`helpers.cli.run_cli` with ``SystemExit(2)``)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
 def synthetic_photo(width=96, height=72, seed=0):
     """A deterministic RGB image with structure (gradients, shapes, texture), unlike pure noise.
 

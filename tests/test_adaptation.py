@@ -16,7 +16,7 @@ from adaptation.models import AdaptationModule, adapt_features, load_adaptation,
 from adaptation.pairs import PairsError, match_pairs, pair_groups, read_pairs, split_pairs
 from fast_search.synthetic import write_store
 from helpers.feature_store import load_features
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, exit_code
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +138,7 @@ def _run(*args):
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main([str(a) for a in args])
+        code = exit_code(main, [str(a) for a in args])
     return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 

@@ -10,7 +10,8 @@ import yaml
 from conftest import REPO_ROOT, synthetic_photo
 
 from clustering import density, hierarchical, kmeans
-from clustering.pipeline import CliError, run_cli
+from clustering.pipeline import CLI_ERRORS
+from helpers.cli import CliError, run_cli
 from helpers.feature_store import feature_dir, save_features
 
 TEMPLATES = ["cat", "dog", "who-would-win", "harold", "boat", "tree"]
@@ -53,7 +54,7 @@ def _argv(store, tmp_path, *extra, algo=("Toy", "Net")):
 
 
 def _run(module, argv):
-    return run_cli(module.run, module.build_parser(), argv)
+    return run_cli(module.build_parser(), module.run, argv, errors=CLI_ERRORS)
 
 
 def _fails(module, argv, pattern):

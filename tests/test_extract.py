@@ -1,6 +1,7 @@
 """extract_features: the stores it writes (against torchvision / imagehash references), unreadable files, keeping
 finished stores, resuming after an injected failure and after a real kill, torchrun with 2 CPU processes (gloo),
 fine-tuning checkpoints, embed_images and the command line."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,7 +17,9 @@ import torchvision.transforms as T
 from torch import nn
 
 import extract_features as cli
-from extractor.extract import InjectedFailure, embed_images, extract_features
+from conftest import exit_code
+from extractor.embedding import embed_images
+from extractor.extract import extract_features
 from extractor.models import EmbeddingNet, build_model, save_checkpoint
 from helpers.feature_store import feature_dir, load_features
 from helpers.image_io import ImageLoadError, load_image
@@ -107,9 +110,36 @@ def test_finished_store_is_kept_unless_force(dataset, reference, capsys):
     assert hashes.stat().st_mtime_ns != stamp and hashes.read_bytes() == content
 
 
-def test_resume_after_injected_failure_writes_the_same_features(dataset, reference, tmp_path, caplog):
-    with pytest.raises(InjectedFailure):
-        extract_features("ResNet18 1x", str(dataset), out=tmp_path, fail_after_chunks=2, **RUN)
+class InjectedFailure(RuntimeError):
+    """Raised by the ``fail_after_chunks`` fixture (tests of the resume logic)."""
+
+
+@pytest.fixture
+def fail_after_chunks(monkeypatch):
+    """``with fail_after_chunks(n):`` an extraction dies right after writing its n-th chunk (as a kill would)."""
+    from extractor.writer import StoreTarget
+
+    @contextlib.contextmanager
+    def armed(n):
+        written = []
+        real = StoreTarget.write_chunk
+
+        def write_chunk(self, *args, **kwargs):
+            real(self, *args, **kwargs)
+            written.append(1)
+            if len(written) >= n:
+                raise InjectedFailure(f"injected failure after {len(written)} chunk(s)")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(StoreTarget, "write_chunk", write_chunk)
+            yield
+    return armed
+
+
+def test_resume_after_injected_failure_writes_the_same_features(dataset, reference, tmp_path, caplog,
+                                                                 fail_after_chunks):
+    with fail_after_chunks(2), pytest.raises(InjectedFailure):
+        extract_features("ResNet18 1x", str(dataset), out=tmp_path, **RUN)
     store = feature_dir(str(dataset), "ResNet18 1x", tmp_path)  # Features/photos-<digest of its location>/...
     assert store.parent.name.startswith("photos-")
     assert not store.exists() and store.with_name("resnet18_1x.partial").is_dir()
@@ -193,11 +223,11 @@ def test_checkpoint_extraction_and_names(dataset, tmp_path):
 
 
 def test_command_line_errors_are_one_line(capsys, dataset):
-    assert cli.main(["--algo", "ResNet51 1x", "--dataset", str(dataset)]) == 2
+    assert exit_code(cli.main, ["--algo", "ResNet51 1x", "--dataset", str(dataset)]) == 2
     assert capsys.readouterr().err.startswith("error: unknown algorithm 'ResNet51 1x'")
-    assert cli.main(["--algo", "ResNet18 1x", "--dataset", str(dataset), "--whiten"]) == 2
+    assert exit_code(cli.main, ["--algo", "ResNet18 1x", "--dataset", str(dataset), "--whiten"]) == 2
     assert "--whiten needs --pca" in capsys.readouterr().err
-    assert cli.main(["--algo", "ResNet18 1x", "--dataset", str(dataset), "--pca", "8"]) == 2
+    assert exit_code(cli.main, ["--algo", "ResNet18 1x", "--dataset", str(dataset), "--pca", "8"]) == 2
     assert "--pca-fit-dataset" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--algo", "ResNet18 1x"])

@@ -10,7 +10,7 @@ from torchvision import transforms as T
 
 from finetuning.augment import (CopyDetectionAugment, blur_kernel_size, eval_transform, seeded_view,
                                 simclr_transform)
-from finetuning.config import FinetuneConfig
+from finetuning.config import FinetuneConfig, config_from_args
 from finetuning.schedules import WarmupCosine, sqrt_batch_lr, warmup_cosine_factor
 from finetuning.syncbn import SyncBatchNorm, convert_sync_batchnorm
 from finetuning.validation import RetrievalSet, build_validation_set, evaluate_retrieval
@@ -204,3 +204,30 @@ def test_config_defaults_and_validation():
         FinetuneConfig("d", "l", mode="nope")
     with pytest.raises(ValueError):
         FinetuneConfig("d", "l", epochs=0)
+
+
+def test_every_config_field_is_exactly_one_flag_with_the_same_default():
+    """Flags are declared once, in FinetuneConfig: finetune.py's parser has one flag per field, with the field's
+    default (a field without default is a required flag), and no fine-tuning flag outside the dataclass."""
+    import dataclasses
+
+    import finetune
+
+    parser = finetune.build_parser()
+    actions = [action for action in parser._actions if action.dest not in ("help", "config")]
+    by_dest = {}
+    for action in actions:
+        by_dest.setdefault(action.dest, []).append(action)
+    names = [spec.name for spec in dataclasses.fields(FinetuneConfig)]
+    assert sorted(by_dest) == sorted(names)
+    for spec in dataclasses.fields(FinetuneConfig):
+        (action,) = by_dest[spec.name]
+        if spec.default is dataclasses.MISSING:
+            assert action.required, spec.name
+        else:
+            assert not action.required and action.default == spec.default, spec.name
+        if "flag" in spec.metadata:  # declared from the field: the flag is --<field>, help and choices from there
+            assert action.option_strings == [f"--{spec.name}"] and action.help == spec.metadata["flag"]["help"]
+            assert action.choices == spec.metadata["flag"].get("choices")
+    args = parser.parse_args(["--train_dataset", "d", "--log_dir", "l"])
+    assert config_from_args(args) == FinetuneConfig(train_dataset=["d"], log_dir="l")

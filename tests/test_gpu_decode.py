@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import extract_features as cli
+from conftest import exit_code
 from extractor.extract import extract_features
 from extractor.gpu_decode import GpuJpegItem, Packed, jpeg_header, lanczos_resize_crop, pack, resolve_decode
 from extractor.transforms import ImageTransform, imagenet_preprocessing, simclr_preprocessing
@@ -137,8 +138,8 @@ def test_decode_gpu_on_a_cpu_device_is_a_clear_error(tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.new("RGB", (40, 30)).save(folder / "a.jpg")
-    code = cli.main(["--algo", "ResNet18 1x", "--dataset", str(folder), "--device", "cpu", "--decode", "gpu",
-                     "--weights", "random", "--out", str(tmp_path / "F"), "--no-progress"])
+    code = exit_code(cli.main, ["--algo", "ResNet18 1x", "--dataset", str(folder), "--device", "cpu", "--decode",
+                                "gpu", "--weights", "random", "--out", str(tmp_path / "F"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: --decode gpu needs a CUDA device")
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import exit_code
 from data_retrieval.nn_maker import frechet_distance, nearest_in_pool, select
 from fast_search.synthetic import write_store
 
@@ -83,7 +84,7 @@ def _run(*args):
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main([str(a) for a in args])
+        code = exit_code(main, [str(a) for a in args])
     return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 

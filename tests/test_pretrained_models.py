@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from skimage import data
 
+from conftest import exit_code
 from extractor import models as M
 from extractor.extract import extract_features
 from extractor.registry import get_model_spec
@@ -226,8 +227,8 @@ def test_timm_pretrained_reads_the_hub_cache_and_offline_error_is_one_line(tmp_p
     images = tmp_path / "images"
     images.mkdir()
     Image.new("RGB", (40, 30), (200, 10, 10)).save(images / "a.png")
-    assert cli.main(["--algo", "timm:test_vit", "--dataset", str(images), "--out", str(tmp_path / "f"),
-                     "--no-progress"]) == 2
+    assert exit_code(cli.main, ["--algo", "timm:test_vit", "--dataset", str(images), "--out", str(tmp_path / "f"),
+                                "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot download the pretrained weights of timm:test_vit")
 

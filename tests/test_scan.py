@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from clustering import scan
 from fast_search.synthetic import write_store
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, exit_code
 
 
 @pytest.fixture(autouse=True)
@@ -99,7 +99,7 @@ def _run(*args):
 
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = main([str(a) for a in args])
+        code = exit_code(main, [str(a) for a in args])
     return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 

@@ -319,3 +319,22 @@ def test_backend_choice():
     with pytest.raises(ValueError, match="backend"):
         choose_backend("gpu", cpu, "Flat", "L2")
     assert make_index("Flat", "cosine", 8, backend="torch").backend == "torch-cpu"
+
+
+def test_seed_draws_the_training_sample_of_train_size():
+    """``--seed`` (``make_index(seed=)``) draws the ``train_size`` rows an IVF index is trained on: the trained
+    centroids equal those of FAISS trained directly on the rows numpy's generator of that seed draws."""
+    import faiss
+
+    x = np.random.default_rng(5).normal(size=(600, 8)).astype(np.float32)
+    centroids = {}
+    for seed in (0, 1):
+        index = make_index("IVF4,Flat", "L2", 8, device="cpu", backend="faiss", train_size=100, seed=seed)
+        index.train(x)
+        centroids[seed] = faiss.extract_index_ivf(index.index).quantizer.reconstruct_n(0, 4)
+        rows = np.sort(np.random.default_rng(seed).choice(600, 100, replace=False))
+        reference = faiss.index_factory(8, "IVF4,Flat", faiss.METRIC_L2)
+        reference.train(x[rows])
+        expected = faiss.extract_index_ivf(reference).quantizer.reconstruct_n(0, 4)
+        assert np.array_equal(centroids[seed], expected)
+    assert not np.array_equal(centroids[0], centroids[1])

@@ -52,10 +52,11 @@ def _clustering(module_name):
     def run(argv):
         import importlib
 
-        from clustering.pipeline import run_cli
+        from clustering.pipeline import CLI_ERRORS
+        from helpers.cli import run_cli
 
         module = importlib.import_module(f"clustering.{module_name}")
-        return call(lambda a: run_cli(module.run, module.build_parser(), a), argv)
+        return call(lambda a: run_cli(module.build_parser(), module.run, a, errors=CLI_ERRORS), argv)
     return run
 
 
