@@ -20,6 +20,8 @@ from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
 from sklearn.metrics.cluster import contingency_matrix as _sk_contingency
 
+from fast_search.index import l2_normalise_rows
+
 from .distances import BLOCK_ELEMENTS, FeatureSpace, _as_feature_array
 
 OUTLIER = -1
@@ -223,14 +225,12 @@ def cluster_centroids(features, labels, metric="euclidean", nbits=None):
         return np.packbits(majority, axis=1), ids
     data = np.asarray(array, dtype=np.float64)
     if space_metric == "cosine":
-        norms = np.linalg.norm(data, axis=1, keepdims=True)
-        data = np.divide(data, norms, out=np.zeros_like(data), where=norms > 0)
+        data = l2_normalise_rows(data)
     sums = np.zeros((ids.size, data.shape[1]))
     np.add.at(sums, index[valid], data[valid])
     centroids = sums / counts[:, None]
     if space_metric == "cosine":
-        norms = np.linalg.norm(centroids, axis=1, keepdims=True)
-        centroids = np.divide(centroids, norms, out=np.zeros_like(centroids), where=norms > 0)
+        centroids = l2_normalise_rows(centroids)
     return centroids, ids
 
 
