@@ -6,8 +6,9 @@ Example (from the repository root)::
         --dataset BSDS500_original BSDS500_attacks --out Results/finetuning_bsds_cd
 
 Per model (the starting model, then each epoch): the seed's cluster statistics of the dataset's identities
-(an original and its attacked copies form a cluster) as violin plots, the two ratios per epoch, and recall@1 per
-epoch when the dataset holds originals and attacked copies. Writes finetuning_evaluation.json and the plots.
+(an original and its attacked copies form a cluster) and its two signal-to-noise ratios per cluster (diameter /
+separation, dispersion / mean centroid-to-centroid distance; lower is better) as violin plots, two global ratios
+per epoch, and recall@1 per epoch when the dataset holds originals and attacked copies. Writes finetuning_evaluation.json and the plots.
 """
 import argparse
 import sys
@@ -61,11 +62,15 @@ def run(args):
                                   metric=args.metric, min_cluster_size=args.min_cluster_size, device=device,
                                   max_pixels=args.max_pixels)
     experiment.finish(**{k: v for k, v in summary.items() if k == "best_epoch"})
-    print(f"{'model':<28}{'recall@1':>10}{'ratio1':>9}{'ratio2':>9}")
+    # the seed's per-cluster ratios (medians over the clusters; lower = better), then the global ones
+    print(f"{'model':<28}{'recall@1':>10}{'diam/sep':>10}{'disp/spc':>10}{'ratio1':>9}{'ratio2':>9}")
     for model in summary["models"]:
         recall = model.get("recall@1")
         shown = f"{recall:>10.4f}" if recall is not None else f"{'-':>10}"
-        print(f"{model['label']:<28}{shown}{model['sn_ratio1']:>9.3f}{model['sn_ratio2']:>9.3f}")
+        medians = [model["per_cluster_ratios"][key]["median"]
+                   for key in ("diameter_over_separation", "dispersion_over_spacing")]
+        medians = "".join(f"{m:>10.3f}" if m is not None else f"{'-':>10}" for m in medians)
+        print(f"{model['label']:<28}{shown}{medians}{model['sn_ratio1']:>9.3f}{model['sn_ratio2']:>9.3f}")
     print(f"results in {args.out}/finetuning_evaluation.json")
     return 0
 

@@ -40,6 +40,7 @@ from helpers.datasets import resolve_dataset  # noqa: E402
 from helpers.image_io import ImageLoadError, SkipReport, load_image  # noqa: E402
 from helpers.log import get_logger, setup_logging  # noqa: E402
 from helpers.results import write_json  # noqa: E402
+from timing import summarise, time_sides  # noqa: E402  (benchmarks/timing.py)
 
 logger = get_logger("bench_hashes")
 DEFAULT_DATASET = REPO_ROOT.parent / "shared" / "datasets" / "BSDS500"
@@ -82,33 +83,6 @@ def _specs(hash_size):
     from extractor import hashing
 
     return [hashing.Ahash(hash_size), hashing.Phash(hash_size), hashing.Dhash(hash_size), hashing.Whash(hash_size)]
-
-
-def _time_sides(images, ours, theirs, repeat):
-    """Interleaved repetitions; returns ``{side: {"wall": [s, ...], "cpu": [s, ...]}}`` and the last outputs.
-
-    CPU time (``time.process_time``) is recorded next to wall time: on a shared machine the wall time also counts
-    the time other jobs held the cores.
-    """
-    times = {"imagehash": {"wall": [], "cpu": []}, "ours": {"wall": [], "cpu": []}}
-    outputs = {}
-    for _ in range(repeat):
-        for side, fn in (("imagehash", theirs), ("ours", ours)):
-            wall, cpu = time.perf_counter(), time.process_time()
-            result = [fn(image) for image in images]
-            times[side]["cpu"].append(time.process_time() - cpu)
-            times[side]["wall"].append(time.perf_counter() - wall)
-            outputs[side] = result
-    return times, outputs
-
-
-def _summary(times, n):
-    out = {}
-    for clock in ("wall", "cpu"):
-        best, median = min(times[clock]), statistics.median(times[clock])
-        out[clock] = {"seconds_min": best, "seconds_median": median, "ms_per_image_min": 1e3 * best / n,
-                      "ms_per_image_median": 1e3 * median / n, "runs": times[clock]}
-    return out
 
 
 def _ratios(times):
@@ -155,7 +129,7 @@ def _measure(label, images, specs, functions, repeat, stats_extra=None):
         by_size.setdefault(image.size, image)
     for image in list(by_size.values())[:20]:
         ours(image), theirs(image)
-    times, outputs = _time_sides(images, ours, theirs, repeat)
+    times, outputs = time_sides(images, {"imagehash": theirs, "ours": ours}, repeat)
     names = [spec.name for spec in specs]
     differences = _check(names, outputs["ours"], outputs["imagehash"])
     stats = {}
@@ -163,7 +137,7 @@ def _measure(label, images, specs, functions, repeat, stats_extra=None):
         compute_hashes(image, specs, stats=stats)
     result = {
         "label": label, "n": n, "hashes": names, "threads": 1, "processes": 1, "device": "cpu",
-        "imagehash": _summary(times["imagehash"], n), "ours": _summary(times["ours"], n), "ratio": _ratios(times),
+        "imagehash": summarise(times["imagehash"], n), "ours": summarise(times["ours"], n), "ratio": _ratios(times),
         "images_with_a_difference_per_hash": differences, "bits_identical": not any(differences.values()),
         "bits_compared": n * sum(spec.bits for spec in specs),
         "whash_pywt_fallbacks": stats.get("whash_fallbacks", 0),
@@ -186,11 +160,11 @@ def _end_to_end(paths, specs, functions, repeat):
         image = load_image(path)
         return [fn(image) for fn in functions]
 
-    times, _ = _time_sides(paths, ours, theirs, repeat)
+    times, _ = time_sides(paths, {"imagehash": theirs, "ours": ours}, repeat)
     n = len(paths)
     result = {"label": "end to end (decode + 4 hashes)", "n": n, "hashes": [spec.name for spec in specs],
-              "threads": 1, "processes": 1, "device": "cpu", "imagehash": _summary(times["imagehash"], n),
-              "ours": _summary(times["ours"], n), "ratio": _ratios(times)}
+              "threads": 1, "processes": 1, "device": "cpu", "imagehash": summarise(times["imagehash"], n),
+              "ours": summarise(times["ours"], n), "ratio": _ratios(times)}
     print(f"end to end from files (load_image + {len(specs)} hashes): n={n}, 1 process, 1 BLAS thread, cpu | "
           f"{_line(result)}", flush=True)
     return result
@@ -254,7 +228,7 @@ def main(argv=None):
         parser.error("imagehash is the peer of this benchmark: pip install -r requirements-dev.txt")
     from threadpoolctl import threadpool_limits
 
-    from extractor import _hash_resample
+    from extractor import _lanczos
 
     threadpool_limits(1)
     try:
@@ -283,7 +257,7 @@ def main(argv=None):
           f"decode (load_image, RGB) {1e3 * decode / len(images):.2f} ms/img, not included in the hash-only numbers",
           flush=True)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), load average "
-          f"{os.getloadavg()[0]:.1f}; Pillow pass order: {_hash_resample.pillow_pass_order()}", flush=True)
+          f"{os.getloadavg()[0]:.1f}; Pillow pass order: {_lanczos.pillow_pass_order()}", flush=True)
 
     results = []
     for size in args.hash_sizes:
@@ -311,7 +285,7 @@ def main(argv=None):
                     "shared": True, "load_average_end": os.getloadavg()},
         "versions": {"imagehash": imagehash.__version__, "numpy": np.__version__, "Pillow": PIL.__version__,
                      "scipy": scipy.__version__, "pywt": pywt.__version__, "python": platform.python_version()},
-        "pillow_pass_order": _hash_resample.pillow_pass_order(),
+        "pillow_pass_order": _lanczos.pillow_pass_order(),
         "config": resolved_config(args),
     }
     write_json(args.out, payload)

@@ -15,8 +15,8 @@ Modules:
 """
 from .metrics import (adjusted_mutual_info, adjusted_rand_index, cluster_centroids, cluster_diameters,
                       cluster_statistics, completeness, external_scores, homogeneity, hungarian_accuracy,
-                      intersection_over_union, normalized_mutual_info, v_measure)
+                      intersection_over_union, normalized_mutual_info, signal_to_noise_per_cluster, v_measure)
 
 __all__ = ["adjusted_mutual_info", "adjusted_rand_index", "cluster_centroids", "cluster_diameters",
            "cluster_statistics", "completeness", "external_scores", "homogeneity", "hungarian_accuracy",
-           "intersection_over_union", "normalized_mutual_info", "v_measure"]
+           "intersection_over_union", "normalized_mutual_info", "signal_to_noise_per_cluster", "v_measure"]

@@ -168,7 +168,8 @@ def build_parser():
                        help="dbscan (one run per epsilon) or hdbscan (no epsilon; one run per "
                             "--min-cluster-size) (default: %(default)s)")
     group.add_argument("--precisions", nargs="+", default=None, metavar="EPS",
-                       help="DBSCAN epsilons (neighbourhood radius, in the metric's unit). Default: cosine "
+                       help="DBSCAN epsilons (neighbourhood radius, in the metric's unit; hamming: the fraction "
+                            "of differing bits, 0.1875 = 12 of 64 bits, as in the seed). Default: cosine "
                             "0.18..0.25 and hamming 0.16..0.2 (the seed's grids), euclidean: quantiles 0.5..0.9 "
                             "of the distance to the --samples-th neighbour; 'auto' uses the latter for any metric")
     group.add_argument("--samples", type=int, default=5, metavar="MIN",

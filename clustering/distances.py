@@ -1,12 +1,14 @@
 """Distances between image features, computed block by block so that memory never grows with N^2 by accident.
 
-Three metrics (the seed's, plus Hamming for binary hashes):
+Three metrics (the seed's, plus Hamming for binary hashes), named and normalised as in the toolkit's one metric
+vocabulary, :mod:`fast_search.index`:
 
-- ``euclidean``: ``||a - b||``;
+- ``euclidean``: ``||a - b||`` (search's ``L2``);
 - ``cosine``: ``1 - a.b / (||a|| ||b||)`` (a zero vector is at distance 1 from everything);
 - ``hamming``: the *fraction* of differing bits (scipy's ``pdist(metric='hamming')`` convention, which the seed
-  used: a 64-bit hash at distance 0.1875 differs in 12 bits). Binary features (packed bits in the feature store)
-  always use it.
+  used: a 64-bit hash at distance 0.1875 differs in 12 bits), so epsilons and thresholds are fractions too.
+  Bits are counted as in search and turned into the fraction by :func:`fast_search.index.hamming_fraction`.
+  Binary features (packed bits in the feature store) always use it.
 
 Every distance goes through a :class:`FeatureSpace`, which computes blocks with one matrix product (BLAS): in
 float64 on centred data for euclidean and cosine (float32 products lose about 1e-2 of accuracy on near-duplicate
@@ -24,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from fast_search.index import (canonical_metric, convert_distances, faiss_to_gpu, hamming_fraction,
+                                l2_normalise_rows, new_faiss_index)
 from helpers.log import get_logger
 from helpers.results import read_json, write_json
 
@@ -120,9 +124,7 @@ class FeatureSpace:
         if self.metric == "euclidean":
             data -= self.center
         else:
-            norms = np.linalg.norm(data, axis=1, keepdims=True)
-            norms[norms == 0] = np.inf  # a zero vector stays zero (at cosine distance 1 from everything)
-            data /= norms
+            l2_normalise_rows(data, out=data)
         return data, np.einsum("ij,ij->i", data, data)
 
     def cross(self, A, sqA, B, sqB):
@@ -150,7 +152,7 @@ class FeatureSpace:
         out *= -2.0  # bits: exact integer counts in float32
         out += sqA[:, None]
         out += sqB[None, :]
-        return out.astype(np.float64) / self.nbits
+        return hamming_fraction(out, self.nbits)
 
     def block(self, rows, cols=None):
         """Distances between the features at ``rows`` and ``cols`` (index arrays or slices; all by default)."""
@@ -390,7 +392,8 @@ def _on_gpu(device):
 
 
 def _faiss_index(space, k, index_type, nprobe, device):
-    """A FAISS index over the prepared features, and the function turning its scores into distances."""
+    """A FAISS index over the prepared features (built by :func:`fast_search.index.new_faiss_index`), the
+    searched array, and the index type used."""
     import faiss
 
     n = space.n
@@ -400,29 +403,15 @@ def _faiss_index(space, k, index_type, nprobe, device):
     if index_type == "auto":
         index_type = "flat" if (n <= 50_000 or gpu) else "hnsw"
     nlist = int(min(max(16, 4 * np.sqrt(n)), max(1, n // 39)))
+    factory = {"flat": "Flat", "hnsw": f"HNSW{HNSW_M}", "ivf": f"IVF{nlist},Flat"}[index_type]
     if space.binary:
         data = np.packbits(space.X.astype(np.uint8), axis=1)
-        dbits = data.shape[1] * 8
-        index = {"flat": lambda: faiss.IndexBinaryFlat(dbits),
-                 "hnsw": lambda: faiss.IndexBinaryHNSW(dbits, HNSW_M),
-                 "ivf": lambda: faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(dbits), dbits, nlist)}[index_type]()
-        convert = lambda scores: scores.astype(np.float64) / space.nbits  # noqa: E731
+        index = new_faiss_index(factory, "hamming", space.nbits, binary=True)
     else:
         data = np.ascontiguousarray(space.X, dtype=np.float32)
-        d = data.shape[1]
-        if space.metric == "cosine":
-            metric, convert = faiss.METRIC_INNER_PRODUCT, lambda s: np.clip(1.0 - s.astype(np.float64), 0.0, 2.0)
-        else:
-            metric = faiss.METRIC_L2
-            convert = lambda s: np.sqrt(np.maximum(s.astype(np.float64), 0.0))  # noqa: E731
-        index = {"flat": lambda: faiss.IndexFlat(d, metric),
-                 "hnsw": lambda: faiss.IndexHNSWFlat(d, HNSW_M, metric),
-                 "ivf": lambda: faiss.IndexIVFFlat(faiss.IndexFlat(d, metric), d, nlist, metric)}[index_type]()
+        index = new_faiss_index(factory, canonical_metric(space.metric), data.shape[1])
         if gpu and index_type != "hnsw":
-            resources = faiss.StandardGpuResources()
-            number = int(str(device).split(":")[1]) if ":" in str(device) else 0
-            index = faiss.index_cpu_to_gpu(resources, number, index)
-            index._resources = resources  # keep the GPU resources alive with the index
+            index = faiss_to_gpu(index, int(str(device).split(":")[1]) if ":" in str(device) else 0)
     if index_type == "ivf":
         rng = np.random.default_rng(0)
         index.train(data[np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))])
@@ -432,7 +421,15 @@ def _faiss_index(space, k, index_type, nprobe, device):
     index.add(data)
     if index_type == "hnsw":
         index.hnsw.efSearch = max(HNSW_EF_SEARCH, 2 * (k + 1))
-    return index, data, convert, index_type
+    return index, data, index_type
+
+
+def _faiss_distances(space, scores, ids):
+    """FAISS's scores as this module's distances (float64): hamming fractions, euclidean, cosine in [0, 2]."""
+    if space.binary:
+        return hamming_fraction(scores, space.nbits)
+    distances = convert_distances(scores, ids, canonical_metric(space.metric), dtype=np.float64)
+    return np.clip(distances, 0.0, 2.0) if space.metric == "cosine" else distances
 
 
 def knn_graph(space, k, index="auto", nprobe=32, device=None, batch=8192):
@@ -455,11 +452,11 @@ def knn_graph(space, k, index="auto", nprobe=32, device=None, batch=8192):
     k = int(min(k, n - 1))
     if k < 1:
         raise ValueError("a kNN graph needs at least 2 points")
-    faiss_index, data, convert, index_type = _faiss_index(space, k, index, nprobe, device)
+    faiss_index, data, index_type = _faiss_index(space, k, index, nprobe, device)
     rows, cols, dists = [], [], []
     for start in range(0, n, batch):
         scores, ids = faiss_index.search(data[start:start + batch], k + 1)
-        dist = convert(scores)
+        dist = _faiss_distances(space, scores, ids)
         r = np.repeat(np.arange(start, start + ids.shape[0]), ids.shape[1])
         keep = ids.ravel() >= 0
         rows.append(r[keep])

@@ -10,8 +10,9 @@ External scores (against the ground truth): :func:`homogeneity`, :func:`complete
 are handled by :func:`handle_outliers`.
 
 Geometry of the clusters: :func:`cluster_centroids`, :func:`cluster_diameters` and :func:`cluster_statistics`
-(per-cluster diameter, centroid, separation and dispersion; global centroid-to-centroid distance and the seed's
-two signal-to-noise ratios), for float (euclidean, cosine) and binary (hamming) features.
+(per-cluster diameter, centroid, separation and dispersion; global centroid-to-centroid distance and two global
+signal-to-noise ratios) and :func:`signal_to_noise_per_cluster` (the seed's two ratios, one value per cluster), for
+float (euclidean, cosine) and binary (hamming) features.
 
 Comparison of two assignments: :func:`intersection_over_union`.
 """
@@ -19,6 +20,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics as skm
 from sklearn.metrics.cluster import contingency_matrix as _sk_contingency
+
+from fast_search.index import l2_normalise_rows
 
 from .distances import BLOCK_ELEMENTS, FeatureSpace, _as_feature_array
 
@@ -223,14 +226,12 @@ def cluster_centroids(features, labels, metric="euclidean", nbits=None):
         return np.packbits(majority, axis=1), ids
     data = np.asarray(array, dtype=np.float64)
     if space_metric == "cosine":
-        norms = np.linalg.norm(data, axis=1, keepdims=True)
-        data = np.divide(data, norms, out=np.zeros_like(data), where=norms > 0)
+        data = l2_normalise_rows(data)
     sums = np.zeros((ids.size, data.shape[1]))
     np.add.at(sums, index[valid], data[valid])
     centroids = sums / counts[:, None]
     if space_metric == "cosine":
-        norms = np.linalg.norm(centroids, axis=1, keepdims=True)
-        centroids = np.divide(centroids, norms, out=np.zeros_like(centroids), where=norms > 0)
+        centroids = l2_normalise_rows(centroids)
     return centroids, ids
 
 
@@ -427,6 +428,39 @@ def cluster_statistics(features, labels, metric="euclidean", diameter_quantile=1
         "n_clusters": int(ids.size),
         "n_outliers": int((~valid).sum()),
     }
+
+
+def _safe_ratio(numerator, denominator):
+    """``numerator / denominator`` element-wise, NaN where either is undefined or the denominator is 0."""
+    numerator, denominator = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    ok = np.isfinite(numerator) & np.isfinite(denominator) & (denominator != 0)
+    return np.divide(numerator, denominator, out=np.full(np.broadcast(numerator, denominator).shape, np.nan),
+                     where=ok)
+
+
+def signal_to_noise_per_cluster(stats):
+    """The seed's two signal-to-noise ratios, one value per cluster, from :func:`cluster_statistics`.
+
+    As in the seed's fine-tuning evaluation (``clustering/metrics.py`` of Cyrilvallez/Unsupervised-improvement-
+    of-image-similarity), noise over signal, so lower is better (tighter clusters, further apart):
+
+    - ``diameter_over_separation``: the cluster's ``diameter`` over its separation ``min_distance_outside``
+      (the distance from its centroid to the closest point outside it);
+    - ``dispersion_over_spacing``: its dispersion ``mean_distance_inside`` (mean distance from its centroid to
+      its members) over ``centroid_to_centroid`` (mean distance from its centroid to the other centroids).
+
+    A ratio is NaN where its denominator is 0 or undefined (a single cluster, no point outside).
+    The single global ratios of :func:`cluster_statistics` (``sn_ratio1``, ``sn_ratio2``: means first, signal
+    over noise) summarise the same quantities the other way up.
+
+    Returns
+    -------
+    dict
+        ``{'diameter_over_separation': float [K], 'dispersion_over_spacing': float [K]}``, in the order of
+        ``stats['ids']``.
+    """
+    return {"diameter_over_separation": _safe_ratio(stats["diameter"], stats["min_distance_outside"]),
+            "dispersion_over_spacing": _safe_ratio(stats["mean_distance_inside"], stats["centroid_to_centroid"])}
 
 
 #: Per-cluster arrays of :func:`cluster_statistics` (saved in ``cluster_stats.npz``).

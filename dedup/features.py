@@ -148,9 +148,9 @@ class NumpyFeaturizer(Featurizer):
 
 def normalize(x):
     """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1)
+    from fast_search.index import l2_normalise_rows
+
+    return l2_normalise_rows(np.asarray(x, dtype=np.float32))
 
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)

@@ -50,16 +50,11 @@ def index_folder(name_or_path):
 
 
 def new_faiss_index(factory, dim, binary):
-    """An empty FAISS index: ``factory`` for float (inner product) or its binary form for hashes."""
-    faiss = _faiss()
-    try:
-        if binary:
-            from fast_search.index import to_binary_factory
+    """An empty FAISS index: ``factory`` for float features (inner product on L2-normalised rows: cosine) or its
+    binary form for hashes (:func:`fast_search.index.new_faiss_index`)."""
+    from fast_search.index import new_faiss_index as build
 
-            return faiss.index_binary_factory(int(dim), to_binary_factory(factory))
-        return faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise ValueError(f"FAISS cannot build index {factory!r}: {str(exc).strip().splitlines()[0]}") from None
+    return build(factory, "cosine", dim, binary=binary)
 
 
 def write_faiss(index, path, binary):

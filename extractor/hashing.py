@@ -9,8 +9,8 @@ Hashes (imagehash function with default arguments in brackets):
   ``max_segments`` dhashes of image segments, compared with imagehash's multi-hash rule
   (:func:`crop_resistant_distances`), not with the Hamming distance.
 
-One call of :func:`compute_hashes` converts the image to ``'L'`` once and computes every resize the requested hashes
-need in one go with an exact NumPy reimplementation of Pillow's LANCZOS filter (:mod:`extractor._hash_resample`),
+One call of :func:`compute_hashes` converts the image to ``'L'`` once and makes one Pillow LANCZOS ``resize`` per
+distinct size the requested hashes need (imagehash's own call, so the pixels are imagehash's by construction),
 instead of one ``convert('L')`` and one ``resize`` per hash. The wavelet hash uses exact integer block sums instead
 of PyWavelets (the Haar low-pass band is a scaled block mean), falling back to the PyWavelets computation when
 two block sums tie at the median, where only the floating-point rounding of imagehash decides the bit.
@@ -36,7 +36,6 @@ from helpers.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, SkipReport, loa
 from helpers.paths import slugify
 
 from . import _hash_crop
-from ._hash_resample import resize_many
 from ._hash_crop import crop_resistant_distances  # noqa: F401  (public API)
 
 logger = logging.getLogger(__name__)
@@ -432,8 +431,7 @@ class CropResistantHash(HashSpec):
         hashes = []
         for box in boxes:
             crop = context.gray_image.crop(box)  # may be empty on tiny images: Pillow then resizes to black
-            resized = resize_many(np.asarray(crop), [(self.hash_size + 1, self.hash_size)])
-            pixels = resized[(self.hash_size + 1, self.hash_size)]
+            pixels = lanczos_pixels(crop, (self.hash_size + 1, self.hash_size))
             hashes.append(pixels[:, 1:] > pixels[:, :-1])
         return hashes
 
@@ -534,6 +532,11 @@ def resolve_hash_specs(names):
 # ---------------------------------------------------------------------------------------------------------------
 # Computation
 # ---------------------------------------------------------------------------------------------------------------
+def lanczos_pixels(gray_image, size):
+    """imagehash's resize: ``gray_image.resize(size, LANCZOS)`` as a float64 array ``[height, width]``."""
+    return np.asarray(gray_image.resize(tuple(size), Image.Resampling.LANCZOS), dtype=np.float64)
+
+
 class _Context:
     """What the hashes of one image share: the ``'L'`` image and its resized versions."""
 
@@ -542,11 +545,14 @@ class _Context:
         self.size = image.size
         self.gray_image = image.convert("L")
         self.gray_array = np.asarray(self.gray_image)
-        # Reused buffers: the resized images are consumed before compute_hashes returns (the crop-resistant
-        # hash's own resizes of its segments do not reuse them).
-        self._resized = resize_many(self.gray_array, sizes, reuse=True) if sizes else {}
+        self._resized = self._resize(sizes)
         self._hsv = None
         self.fallbacks = 0
+
+    def _resize(self, sizes):
+        """``{size: pixels}``: one Pillow resize per distinct size (``benchmarks/bench_library_copies.py`` times
+        other ways here)."""
+        return {size: lanczos_pixels(self.gray_image, size) for size in dict.fromkeys(sizes)}
 
     def pixels(self, size):
         return self._resized[size]

@@ -1,6 +1,11 @@
 """Search indexes: FAISS (CPU or GPU, float or binary), an exact chunked PyTorch backend, and a brute-force path
 for custom distances (crop-resistant hashes).
 
+This module is the toolkit's one metric vocabulary and its one FAISS index builder: search, clustering
+(``clustering.distances``) and the duplicate index (``dedup.index``) take their metric names, their
+normalisation (:func:`l2_normalise_rows`) and their FAISS indexes (:func:`new_faiss_index`,
+:func:`faiss_to_gpu`) from here.
+
 Every index takes vectors prepared by :func:`prepare_vectors` for its metric, searches in query batches (so
 memory stays bounded whatever the number of queries), and returns ``(distances, ids)`` where **lower distance =
 closer** for every metric:
@@ -13,6 +18,10 @@ closer** for every metric:
              L1-normalised to probability distributions; features must be non-negative.
 ``hamming``  number of differing bits, for binary (packed ``uint8``) features.
 ===========  ================================================================================================
+
+Clustering (like scipy) calls ``L2`` ``euclidean`` (:data:`METRIC_ALIASES`) and states Hamming distances as the
+*fraction* of differing bits, its users' unit for epsilons and thresholds: :func:`hamming_fraction` is the one
+place a bit count becomes a fraction.
 
 Missing neighbours (an approximate index can return fewer than ``k``) have id ``-1`` and distance ``inf``.
 """
@@ -32,6 +41,8 @@ METRICS = FLOAT_METRICS + BINARY_METRICS
 CROP_RESISTANT = "crop_resistant"
 TORCH_METRICS = ("L2", "cosine", "L1")
 BACKENDS = ("auto", "faiss", "torch")
+#: Other names of the metrics above: clustering (like scipy) calls ``L2`` ``euclidean``.
+METRIC_ALIASES = {"euclidean": "L2"}
 
 # JS: FAISS computes x*log(x/m) per component, which is NaN for x = 0; a floor this small changes no distance
 # visibly (each floored component adds at most ~1e-28) and keeps zeros (ReLU features) usable.
@@ -52,6 +63,25 @@ def faiss_metric(metric):
     if metric not in table:
         raise ValueError(f"unknown metric {metric!r} for float features; expected one of {', '.join(table)}")
     return table[metric]
+
+
+def canonical_metric(metric):
+    """The name this module uses for ``metric`` (``euclidean`` -> ``L2``; other names unchanged)."""
+    return METRIC_ALIASES.get(metric, metric)
+
+
+def l2_normalise_rows(rows, out=None):
+    """``rows`` divided by their L2 norms (into ``out``, which may be ``rows`` itself): the inner product of
+    normalised rows is the cosine similarity. All-zero rows stay zero (at cosine distance 1 from everything)."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    norms[norms == 0] = 1
+    return np.divide(rows, norms, out=out)
+
+
+def hamming_fraction(bit_counts, nbits):
+    """Hamming distances counted in bits (this module's unit) as the fraction of the ``nbits`` bits that differ
+    (``float64``; clustering's unit, scipy's ``pdist(metric='hamming')``: 12 of 64 bits is 0.1875)."""
+    return np.asarray(bit_counts, dtype=np.float64) / nbits
 
 
 def check_metric(metric, binary):
@@ -102,8 +132,7 @@ def prepare_vectors(x, metric, chunk=65536):
                 bad = row + int(np.flatnonzero(~finite.all(axis=1))[0])
                 raise ValueError(f"features hold NaN or infinite values (first in row {bad}); re-extract them")
             if metric == "cosine":
-                norms = np.linalg.norm(block, axis=1, keepdims=True)
-                block = block / np.where(norms > 0, norms, 1)
+                block = l2_normalise_rows(block)
             elif metric == "JS":
                 if (block < 0).any():
                     bad = row + int(np.flatnonzero((block < 0).any(axis=1))[0])
@@ -117,14 +146,15 @@ def prepare_vectors(x, metric, chunk=65536):
     return out
 
 
-def convert_distances(distances, ids, metric):
-    """FAISS's raw scores to distances (lower = closer) in place-safe fashion; missing neighbours get ``inf``."""
-    distances = np.asarray(distances, dtype=np.float32)
+def convert_distances(distances, ids, metric, dtype=np.float32):
+    """FAISS's raw scores of a float metric to distances (lower = closer), computed in ``dtype`` without
+    changing the input; missing neighbours get ``inf``."""
+    distances = np.asarray(distances, dtype=dtype)
     if metric == "L2":
         distances = np.sqrt(np.maximum(distances, 0))
     elif metric == "cosine":
         distances = 1.0 - distances
-    distances = distances.astype(np.float32, copy=False)
+    distances = distances.astype(dtype, copy=False)
     distances[np.asarray(ids) < 0] = np.inf
     return distances
 
@@ -150,6 +180,62 @@ def to_binary_factory(factory):
 def is_exact_factory(factory):
     """True for brute-force factory strings (``Flat``, ``BFlat``)."""
     return factory.strip() in ("Flat", "BFlat")
+
+
+def new_faiss_index(factory, metric, dim, binary=False):
+    """An empty CPU FAISS index: the one place FAISS indexes are constructed.
+
+    Parameters
+    ----------
+    factory : str
+        FAISS factory string; for binary features a float one is translated (:func:`to_binary_factory`).
+    metric : str
+        A float metric of :data:`FLOAT_METRICS` (or an alias, :data:`METRIC_ALIASES`); ignored for binary
+        features, which FAISS always compares by Hamming distance in bits.
+    dim : int
+        Values per vector; for binary features the number of bits, rounded up to whole bytes: packed rows
+        carry whole bytes, and a hash of 42 bits (Colorhash) stored in 6 bytes has its last 6 bits 0 in every
+        row, so searching the 48 stored bits gives exactly the 42-bit distances.
+
+    Raises
+    ------
+    ValueError
+        When FAISS cannot build ``factory`` (with FAISS's first line), or a binary factory for float features.
+    """
+    faiss = _faiss()
+    try:
+        if binary:
+            return faiss.index_binary_factory(-(-int(dim) // 8) * 8, to_binary_factory(factory))
+        if factory.strip().startswith("B"):
+            raise ValueError(f"index {factory!r} is for binary features; these features are float")
+        return faiss.index_factory(int(dim), factory, faiss_metric(canonical_metric(metric)))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        kind = "binary features" if binary else f"metric {metric}"
+        raise ValueError(f"FAISS cannot build index {factory!r} for {kind}: {first}") from None
+
+
+def faiss_to_gpu(index, device):
+    """``index`` copied to CUDA device ``device`` (int); the GPU resources stay alive with the returned index.
+
+    Raises
+    ------
+    RuntimeError
+        When FAISS cannot run this index on a GPU (no faiss-gpu, HNSW, a binary index other than BFlat).
+    """
+    faiss = _faiss()
+    try:
+        resources = faiss.StandardGpuResources()
+        if isinstance(index, faiss.IndexBinary):
+            if not isinstance(index, faiss.IndexBinaryFlat):
+                raise RuntimeError("FAISS runs only BFlat binary indexes on GPU")
+            moved = faiss.GpuIndexBinaryFlat(resources, index)
+        else:
+            moved = faiss.index_cpu_to_gpu(resources, int(device), index)
+    except AttributeError as exc:  # a CPU-only FAISS build has no GPU classes
+        raise RuntimeError(f"this FAISS has no GPU support ({exc})") from None
+    moved._resources = resources  # keep the GPU resources alive with the index
+    return moved
 
 
 def _batches(n, size):
@@ -218,42 +304,23 @@ class FaissIndex(_BaseIndex):
 
     def __init__(self, factory, metric, dim, binary=False, gpu=None, batch_size=8192, train_size=None, seed=0):
         super().__init__(factory, metric, dim, batch_size)
-        faiss = _faiss()
         self.binary = bool(binary)
         self.train_size = int(train_size) if train_size else None
         self.seed = int(seed)
         check_metric(metric, self.binary)
-        try:
-            if self.binary:
-                self.factory = to_binary_factory(factory)
-                # packed rows carry whole bytes: a hash of 42 bits (Colorhash) is stored in 6 bytes whose last 6
-                # bits are 0 in every row, so searching the 48 stored bits gives exactly the 42-bit distances
-                self.dim = -(-int(dim) // 8) * 8
-                self.index = faiss.index_binary_factory(self.dim, self.factory)
-            else:
-                if factory.strip().startswith("B"):
-                    raise ValueError(f"index {factory!r} is for binary features; these features are float")
-                self.index = faiss.index_factory(self.dim, factory, faiss_metric(metric))
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"FAISS cannot build index {factory!r} for metric {metric}: {first}") from None
+        self.index = new_faiss_index(factory, metric, dim, binary=self.binary)
+        if self.binary:
+            self.factory, self.dim = to_binary_factory(factory), int(self.index.d)
         self.gpu = None
         self.backend = "faiss-cpu"
         if gpu is not None:
             self._to_gpu(int(gpu))
 
     def _to_gpu(self, device):
-        faiss = _faiss()
         try:
-            self._resources = faiss.StandardGpuResources()
-            if self.binary:
-                if not isinstance(self.index, faiss.IndexBinaryFlat):
-                    raise RuntimeError("FAISS runs only BFlat binary indexes on GPU")
-                self.index = faiss.GpuIndexBinaryFlat(self._resources, self.index)
-            else:
-                self.index = faiss.index_cpu_to_gpu(self._resources, device, self.index)
+            self.index = faiss_to_gpu(self.index, device)
             self.gpu, self.backend = device, "faiss-gpu"
-        except (RuntimeError, AttributeError) as exc:
+        except RuntimeError as exc:
             warnings.warn(f"FAISS cannot run {self.factory} ({self.metric}) on GPU ({str(exc).splitlines()[0]}); "
                           "it runs on CPU")
 

@@ -4,12 +4,16 @@ For the starting model and every checkpoint, the images of a dataset are embedde
 training size), grouped into clusters by ground-truth identity (an original with its attacked copies, a meme
 template with its memes: :func:`evaluation_groups`, from the ground-truth files), and measured with the seed's cluster statistics
 (:func:`clustering.metrics.cluster_statistics`: diameters, minimum centroid-to-outside distance, mean
-centroid-to-inside distance, centroid-to-centroid distances and the two signal-to-noise ratios). When the dataset
-holds originals and attacked copies, every copy is also searched among the originals: recall@1 per epoch.
+centroid-to-inside distance, centroid-to-centroid distances) and the seed's two signal-to-noise ratios per cluster
+(:func:`clustering.metrics.signal_to_noise_per_cluster`: diameter / separation, dispersion / mean distance to the
+other centroids; lower is better), shown as violins as the seed does. Two global ratios (means first, separation
+and centroid spacing over dispersion: higher is better) are kept beside them as one number per model. When the
+dataset holds originals and attacked copies, every copy is also searched among the originals: recall@1 per epoch.
 
-Outputs in ``--out``: ``finetuning_evaluation.json``, a violin plot per cluster statistic (``violin_<stat>``),
-the ratios per epoch (``ratios_per_epoch``) and recall@1 per epoch (``recall_per_epoch``), PNG and PDF; the
-descriptors of each model are kept in ``features/`` (feature-store format) so an interrupted run resumes.
+Outputs in ``--out``: ``finetuning_evaluation.json``, a violin plot per cluster statistic and per ratio
+(``violin_<stat>``, ``violin_diameter_over_separation``, ``violin_dispersion_over_spacing``), the global ratios per
+epoch (``ratios_per_epoch``) and recall@1 per epoch (``recall_per_epoch``), PNG and PDF; the descriptors of each
+model are kept in ``features/`` (feature-store format) so an interrupted run resumes.
 """
 import re
 from pathlib import Path
@@ -33,7 +37,12 @@ logger = get_logger(__name__)
 PER_CLUSTER = {"diameter": "cluster diameter", "min_distance_outside": "min distance centroid -> outside",
                "mean_distance_inside": "mean distance centroid -> inside",
                "centroid_to_centroid": "mean distance centroid -> other centroids"}
-GLOBAL = {"sn_ratio1": "ratio 1: separation / dispersion", "sn_ratio2": "ratio 2: centroid spacing / dispersion",
+#: The seed's signal-to-noise ratios, one value per cluster (lower = better).
+PER_CLUSTER_RATIOS = {"diameter_over_separation": "ratio 1 per cluster: diameter / min distance centroid -> outside",
+                      "dispersion_over_spacing": "ratio 2 per cluster: mean distance centroid -> inside / "
+                                                 "mean distance to other centroids"}
+GLOBAL = {"sn_ratio1": "global ratio 1: separation / dispersion",
+          "sn_ratio2": "global ratio 2: centroid spacing / dispersion",
           "mean_centroid_to_centroid": "mean centroid-to-centroid distance"}
 _EPOCH = re.compile(r"epoch_(\d+)\.pth$")
 
@@ -191,10 +200,11 @@ def _features(model, slug, pixels, names, folder, device):
 def evaluate_model(features, groups, is_query, labels, metric="cosine"):
     """Cluster statistics (and retrieval metrics of the queries against the other images, when there are
     queries) of one model's descriptors."""
-    from clustering.metrics import cluster_statistics
+    from clustering.metrics import cluster_statistics, signal_to_noise_per_cluster
 
     stats = cluster_statistics(features, labels, metric=metric)
     out = {"per_cluster": {key: np.asarray(stats[key], dtype=float) for key in PER_CLUSTER},
+           "per_cluster_ratios": signal_to_noise_per_cluster(stats),
            **{key: stats[key] for key in GLOBAL}, "n_clusters": stats["n_clusters"]}
     is_query = np.asarray(is_query, dtype=bool)
     if is_query.any() and (~is_query).any():
@@ -216,11 +226,14 @@ def _summary(values):
 
 
 def plot_violins(results, out):
-    """One violin per model (starting model first) for each per-cluster statistic."""
+    """One violin per model (starting model first) for each per-cluster statistic and each per-cluster ratio."""
     written = []
     labels = [r["label"] for r in results]
-    for key, title in PER_CLUSTER.items():
-        data = [r["per_cluster"][key][np.isfinite(r["per_cluster"][key])] for r in results]
+    panels = [("per_cluster", key, title, "distance") for key, title in PER_CLUSTER.items()]
+    panels += [("per_cluster_ratios", key, title, "ratio (lower = better)")
+               for key, title in PER_CLUSTER_RATIOS.items()]
+    for group, key, title, ylabel in panels:
+        data = [r[group][key][np.isfinite(r[group][key])] for r in results]
         if not any(len(d) for d in data):
             continue
         fig, ax = new_figure(figsize=(max(6.0, 0.7 * len(results) + 2), 4.5))
@@ -230,7 +243,7 @@ def plot_violins(results, out):
             parts["bodies"][0].set_facecolor("#D55E00")          # the starting model stands out
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=45, ha="right")
-        ax.set_ylabel("distance")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
         written += save_figure(fig, Path(out) / f"violin_{key}")
     return written
@@ -303,14 +316,18 @@ def evaluate_finetuning(checkpoints, datasets, out, baseline=None, baseline_weig
                       checkpoint=None if epoch is None else str(dict(checkpoints)[epoch]))
         results.append(result)
         shown = f", recall@1 {result['recall@1']:.4f}" if "recall@1" in result else ""
-        logger.info("%s: ratio1 %.3f, ratio2 %.3f%s", label, result["sn_ratio1"], result["sn_ratio2"], shown)
+        ratios = {key: _summary(values)["median"] for key, values in result["per_cluster_ratios"].items()}
+        logger.info("%s: median diameter/separation %s, median dispersion/spacing %s (per cluster); global ratio1 "
+                    "%.3f, ratio2 %.3f%s", label, ratios["diameter_over_separation"],
+                    ratios["dispersion_over_spacing"], result["sn_ratio1"], result["sn_ratio2"], shown)
     plots = plot_violins(results, out)
     plots += plot_per_epoch(results, out, ["sn_ratio1", "sn_ratio2"], "ratios_per_epoch", "ratio")
     plots += plot_per_epoch(results, out, ["recall@1"], "recall_per_epoch", "recall@1")
     summary = {"size": size, "metric": metric, "n_images": len(names), "datasets": [str(d) for d in datasets],
                "n_clusters": int(len(set(labels[labels >= 0]))), "min_cluster_size": min_cluster_size,
-               "models": [{**{k: v for k, v in r.items() if k != "per_cluster"},
-                           "per_cluster": {k: _summary(v) for k, v in r["per_cluster"].items()}}
+               "models": [{**{k: v for k, v in r.items() if k not in ("per_cluster", "per_cluster_ratios")},
+                           "per_cluster": {k: _summary(v) for k, v in r["per_cluster"].items()},
+                           "per_cluster_ratios": {k: _summary(v) for k, v in r["per_cluster_ratios"].items()}}
                           for r in results],
                "plots": [str(p) for p in plots]}
     with_recall = [r for r in results[1:] if "recall@1" in r]

@@ -10,6 +10,13 @@ For every parameter ``w`` with gradient ``g``::
 
 Biases and batch-norm parameters are excluded from both weight decay and the trust-ratio adaptation (the
 SimCLR recipe); :func:`lars_param_groups` builds the two parameter groups.
+
+Why not a maintained implementation: torch has no LARS, and the one in the requirements, ``timm.optim.Lars``
+(timm 1.0), computes another update: its trust ratio is ``eta ||w|| / (||g|| + weight_decay ||w|| + eps)`` on the
+gradient before weight decay (here ``||g + weight_decay w||``, as in SimCLR), it only adapts groups with weight
+decay unless ``always_adapt`` (so a model trained without weight decay would lose the adaptation), and it keeps
+the learning rate out of the momentum buffer (``w -= lr v``; SimCLR's ``v`` accumulates ``lr * trust * g``, which
+differs as soon as the schedule changes the rate). ``tests/test_lars.py`` checks SimCLR's rule step by step.
 """
 import torch
 from torch import nn

@@ -1,10 +1,15 @@
 """Synchronised batch normalisation on every device.
 
-``torch.nn.SyncBatchNorm`` only runs on GPUs. :class:`SyncBatchNorm` computes the batch statistics of the
-*global* batch with a differentiable all-reduce, on any device and backend (gloo on CPU included), so a DDP
-run normalises exactly as one process on the whole batch would. :func:`convert_sync_batchnorm` swaps every
-batch-norm layer of a model: for ``torch.nn.SyncBatchNorm`` (fused kernels) on CUDA, for this class elsewhere.
-Custom affine layouts (a scale without a shift, as in SimCLR's projection head) are kept.
+``torch.nn.SyncBatchNorm`` only runs on GPUs: in torch 2.14.1, a forward pass in training mode with 2 gloo
+processes on CPU tensors raises ``ValueError: SyncBatchNorm expected input tensor to be on GPU or XPU or
+privateuseone`` (checked again for issue 16, 2-D and 4-D inputs). That is why this module keeps its own
+:class:`SyncBatchNorm`, which computes the batch statistics of the *global* batch with a differentiable
+all-reduce, on any device and backend (gloo on CPU included), so a DDP run normalises exactly as one process on
+the whole batch would, and the distributed tests (2 CPU processes) exercise the synchronised path. Drop it when
+torch's layer accepts CPU tensors.
+
+:func:`convert_sync_batchnorm` swaps every batch-norm layer of a model: for ``torch.nn.SyncBatchNorm`` (fused
+kernels) on CUDA, for this class elsewhere. Custom affine layouts (a scale without a shift, as in SimCLR's projection head) are kept.
 """
 import torch
 from torch import nn

@@ -194,6 +194,20 @@ def test_cluster_statistics_float(metric, quantile):
     assert stats["n_outliers"] == 2 and stats["metric"] == metric
 
 
+def test_signal_to_noise_per_cluster_hand_computed():
+    """The seed's per-cluster ratios on points of a line: A = {0, 2}, B = {10, 12, 14}, an outlier at 5."""
+    x = np.array([[0.0, 0.0], [2.0, 0.0], [10.0, 0.0], [12.0, 0.0], [14.0, 0.0], [5.0, 0.0]])
+    labels = np.array([0, 0, 1, 1, 1, -1])
+    ratios = metrics.signal_to_noise_per_cluster(metrics.cluster_statistics(x, labels, metric="euclidean"))
+    # A: centroid 1, diameter 2, closest outside point 5 (distance 4), dispersion 1, other centroid 12 (11)
+    # B: centroid 12, diameter 4, closest outside point 5 (distance 7), dispersion 4/3, other centroid 1 (11)
+    np.testing.assert_allclose(ratios["diameter_over_separation"], [2 / 4, 4 / 7], rtol=1e-12)
+    np.testing.assert_allclose(ratios["dispersion_over_spacing"], [1 / 11, (4 / 3) / 11], rtol=1e-12)
+    single = metrics.signal_to_noise_per_cluster(metrics.cluster_statistics(x[:2], [0, 0], metric="euclidean"))
+    assert np.isnan(single["diameter_over_separation"]).all()  # nothing outside: no separation
+    assert np.isnan(single["dispersion_over_spacing"]).all()   # one cluster: no other centroid
+
+
 def test_cluster_statistics_binary_hamming():
     rng = np.random.default_rng(1)
     protos = rng.integers(0, 2, size=(3, 32))

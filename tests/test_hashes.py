@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from extractor import _hash_crop, _hash_resample
+from extractor import _hash_crop, _lanczos
 from extractor import hashing as H
 from helpers.image_io import SkipReport, load_image
 from helpers.paths import slugify
@@ -91,53 +91,21 @@ def _assert_same(spec, row, reference):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The exact Pillow LANCZOS resize
+# Pillow's LANCZOS coefficients (the GPU input path's exact resize; the hashes call Pillow itself)
 # ------------------------------------------------------------------------------------------------------------
 def test_pillow_pass_order_is_recognised():
-    # 'unknown' would still be exact (Pillow fallback) but slow: a new Pillow needs a look at Resample.c.
-    assert _hash_resample.pillow_pass_order() in ("pillow>=12.3", "legacy")
-
-
-@pytest.mark.parametrize("seed", range(6))
-def test_resize_many_matches_pillow(seed):
-    rng = np.random.default_rng(seed)
-    for _ in range(12):
-        width, height = int(rng.integers(1, 400)), int(rng.integers(1, 400))
-        kind = rng.integers(3)
-        if kind == 0:
-            gray = rng.integers(0, 256, (height, width), dtype=np.uint8)  # ringing clips at 0 and 255
-        elif kind == 1:
-            gray = np.full((height, width), rng.integers(0, 256), dtype=np.uint8)
-        else:
-            gray = np.asarray(synthetic_photo(width, height, seed=int(rng.integers(1000))).convert("L"))
-        sizes = [(8, 8), (9, 8), (32, 32), (width, height), (width, 7), (5, height),
-                 (int(rng.integers(1, 600)), int(rng.integers(1, 600))),
-                 (int(rng.integers(1, 600)), int(rng.integers(1, 600)))]
-        got = _hash_resample.resize_many(gray, sizes)
-        image = Image.fromarray(gray, "L")
-        for size in sizes:
-            expected = np.asarray(image.resize(size, Image.Resampling.LANCZOS))
-            np.testing.assert_array_equal(got[size], expected, err_msg=f"{width}x{height} -> {size}")
-
-
-def test_resize_many_large_image_in_slabs(monkeypatch):
-    gray = np.asarray(synthetic_photo(700, 520, seed=13).convert("L"))
-    monkeypatch.setattr(_hash_resample, "_CHUNK_PIXELS", 1 << 15)  # slab-by-slab conversion, as for huge images
-    sizes = [(8, 8), (9, 8), (33, 512), (512, 512), (300, 600)]
-    got = _hash_resample.resize_many(gray, sizes)
-    image = Image.fromarray(gray, "L")
-    for size in sizes:
-        np.testing.assert_array_equal(got[size], np.asarray(image.resize(size, Image.Resampling.LANCZOS)))
+    # 'unknown' would make the GPU input path refuse its exact resize: a new Pillow needs a look at Resample.c.
+    assert _lanczos.pillow_pass_order() in ("pillow>=12.3", "legacy")
 
 
 def test_lanczos_coefficients_vectorised_equal_scalar_reference():
     for in_size, out_size in [(481, 8), (321, 256), (5, 300), (1000, 3), (17, 17), (2, 1)]:
-        xmin, kk, xmax = _hash_resample.axis_coefficients(in_size, out_size)
+        xmin, kk, xmax = _lanczos.axis_coefficients(in_size, out_size)
         scale = in_size / out_size
         support = 3.0 * max(scale, 1.0)
         for out in range(out_size):
             center = (out + 0.5) * scale
-            exact = _hash_resample._exact_row(out, center, support, 1.0 / max(scale, 1.0), xmin[out], xmax[out],
+            exact = _lanczos._exact_row(out, center, support, 1.0 / max(scale, 1.0), xmin[out], xmax[out],
                                               kk.shape[1])
             np.testing.assert_array_equal(kk[out], exact)
 
