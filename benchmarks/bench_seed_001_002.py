@@ -26,8 +26,12 @@ Runs, each through its script's ``main`` (the same code as the command line):
    photos + the 500 memes + 500 templates (1,500); closeness of the selection against a random sample of the same
    size, and the share of the selected images that show a target photo (precision; random: 2 in 5 photos);
 3. ``scan.py --num-neighbors 5`` (a template has 7-8 training memes) on the ``scan`` set: train/test split by
-   meme (25 % of each template held out), ACC/NMI/ARI on the
-   test memes for k-means, SCAN and SCAN + self-labelling, mean +- std over ``--runs``.
+   meme (25 % of each template held out). The SCAN settings (``SCAN_GRID``: learning rate, epochs, entropy weight;
+   then ``CONFIDENCE_GRID`` for self-labelling) are chosen on a validation set carved out of the training split
+   (``--val-split 0.25``: the heads train on the other training memes; the test memes are neither used nor
+   scored), ``--tuning-runs`` runs each, by mean validation ACC; the chosen setting is then trained on the whole
+   training split and scored on the test memes for k-means, SCAN and SCAN + self-labelling, mean +- std over
+   ``--runs``. The JSON keeps every validation score of the choice (``scan.selection``).
 
 Results: ``benchmarks/results/bench_seed_001_002.json`` (and every experiment folder under
 ``Results/bench_seed_001_002/``). Run: ``.venv/bin/python benchmarks/bench_seed_001_002.py`` (about 15 minutes

@@ -164,7 +164,7 @@ def load_data(args):
     the test split, which is then not loaded or scored)."""
     features, names, meta, stores = _load(args.features)
     labels = class_labels(names, args.labels, stores)
-    train, test = load_train_test(args, features, names, labels)
+    train, test = load_train_test(args, features, names, labels, stores)
     if not args.val_split:
         return train, test, meta, "test"
     x, y, n = train
@@ -174,15 +174,16 @@ def load_data(args):
     return pick(kept), pick(val), meta, "validation"
 
 
-def load_train_test(args, features, names, labels):
+def load_train_test(args, features, names, labels, stores):
     """The training and test sets (``(features, labels, names)`` each): ``--test-features``, or a stratified
     ``--test-split`` of ``--features``. With ``--val-split`` the test set is not loaded (``None``)."""
     if args.test_features and args.val_split:
         return (features, np.asarray(labels), names), None
     if args.test_features:
-        test_features, test_names, _, test_stores = _load(args.test_features)
-        if test_features.shape[1] != features.shape[1]:
-            raise ValueError("--features and --test-features come from different algorithms (widths differ)")
+        test_features, test_names, test_meta, test_stores = _load(args.test_features)
+        if model_identity(test_meta)[0] != model_identity(stores[0].meta)[0]:
+            raise ValueError(f"--features ({stores[0].name}) and --test-features ({test_meta.get('name')}) come "
+                             "from different models or post-processing; give stores of one algorithm")
         test_labels = class_labels(test_names, args.labels, test_stores)
         return (features, np.asarray(labels), names), (test_features, np.asarray(test_labels), test_names)
     train, test = stratified_split(labels, args.test_split, args.split_seed)

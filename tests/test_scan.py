@@ -141,6 +141,7 @@ def test_shipped_configs_parse():
 
     args = parse_args(scan_parser(), ["--config", str(REPO_ROOT / "configs/scan/scan_memes.yml"), "--features", "x"])
     assert args.entropy_weight == 5.0 and args.num_neighbors == 20
+    assert args.labels in ("files", "folder")  # a value scan.py accepts (not the old file-stem convention)
     args = parse_args(adaptation_parser(), ["--config", str(REPO_ROOT / "configs/adaptation/adaptation_tll.yml"),
                                             "--features", "x", "--pairs", "p.csv"])
     assert args.topk == [1, 3, 5] and args.temperature == pytest.approx(1 / 15, rel=1e-5)
