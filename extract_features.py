@@ -12,6 +12,8 @@ Examples::
         --pca-fit-dataset Kaggle_templates --l2-normalize
     python3 extract_features.py --algo "ResNet50 1x" --dataset Kaggle_memes \
         --adapt Results/adaptation/<experiment>/run_0/adaptation.pt
+    python3 extract_features.py --algo EfficientNet-Lite0 --dataset demo_all_memes \
+        --scan Clustering_results/scan/<experiment>/run_0/selflabel.pt
     torchrun --nproc_per_node 4 extract_features.py --algo "ResNet152 1x" --dataset Flickr500K --device cuda
 """
 import argparse
@@ -88,6 +90,11 @@ def build_parser():
                         help="also write the features passed through an adaptation module of train_adaptation.py "
                              "(after --pca / --l2-normalize; train it on those same features) as '<algorithm> "
                              "[PCA...] adapted <experiment> <run>'")
+    parser.add_argument("--scan", default=None, metavar="CHECKPOINT",
+                        help="also write the cluster probabilities of a SCAN head of scan.py (run_<i>/scan.pt or "
+                             "selflabel.pt; after --pca / --l2-normalize / --adapt, which must give the features it "
+                             "was trained on, else an error) as '<algorithm> [...] SCAN <experiment> <run> <step>'; "
+                             "the argmax of a row is its cluster (scan.py predict reports them with scores)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--list", action="store_true", help="list the known models and hashes, then exit")
     parser.add_argument("--force", action="store_true",
@@ -144,7 +151,8 @@ def _run(parser, args):
         checkpoint=args.checkpoint, name=args.name, force=args.force, l2_normalize=args.l2_normalize,
         pca=args.pca, pca_fit_dataset=args.pca_fit_dataset, whiten=args.whiten, layers=args.layers,
         seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, decode=args.decode,
-        wait=not args.no_wait, max_pixels=args.max_pixels, adapt=args.adapt, hash_decode=args.hash_decode)
+        wait=not args.no_wait, max_pixels=args.max_pixels, adapt=args.adapt, hash_decode=args.hash_decode,
+        scan=args.scan)
     for folder in folders:
         print(f"features: {folder}")
     return 0

@@ -75,6 +75,13 @@ def build_parser():
 
 
 def _dataset_roots(meta):
+    """The image folders of a store's dataset: the folders it records (folder datasets are named by their folder's
+    name only, which does not resolve), else its registered name's."""
+    from helpers.paths import REPO_ROOT
+
+    folders = [Path(f) if Path(f).is_absolute() else REPO_ROOT / f for f in meta.get("dataset_folders") or []]
+    if folders:
+        return folders
     try:
         return list(resolve_dataset(meta.get("dataset", "")).folders)
     except ValueError:

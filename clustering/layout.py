@@ -8,10 +8,12 @@ Layout (the seed's, with the dataset added for datasets other than the default `
         <N>-clusters_eps-<e>_samples-<m>/         one DBSCAN run
         <N>-clusters_min-size-<s>_samples-<m>/    one HDBSCAN run
         <k>-clusters/                             one k-means run
+        <N>-clusters_scan-<checkpoint>/           one SCAN checkpoint applied (scan.py predict)
     Clustering_results/.cache/<dataset>/<partition>/<algo-slug>/<metric>.npy     condensed distances (float32)
 
 ``<partition>`` is ``full`` or ``clean`` for ``all_memes`` and ``<dataset>_<partition>`` for any other dataset.
-``<method>`` is the linkage (``ward``, ``complete``...), ``DBSCAN``, ``DBSCAN-knn``, ``HDBSCAN`` or ``kmeans``.
+``<method>`` is the linkage (``ward``, ``complete``...), ``DBSCAN``, ``DBSCAN-knn``, ``HDBSCAN``, ``kmeans`` or
+``scan``.
 
 A run folder holds ``assignment.npy`` (int64 cluster id per image, in the order of the feature store's
 ``names.txt`` restricted to the partition; ``-1`` = outlier), ``scores.json`` (external scores against the
@@ -76,6 +78,11 @@ def hdbscan_run_name(n_clusters, min_cluster_size, min_samples):
 
 def kmeans_run_name(k):
     return f"{k}-clusters"
+
+
+def scan_run_name(n_clusters, label):
+    """A SCAN checkpoint applied by ``scan.py predict``: ``<N>-clusters_scan-<label>`` (N clusters used)."""
+    return f"{n_clusters}-clusters_scan-{label}"
 
 
 def run_clusters(run_dir):

@@ -234,26 +234,91 @@ def kmeans_baseline(train, test, num_clusters, seed=0, n_init=10):
     return model.predict(unit(test)).astype(np.int64)
 
 
-def save_heads(path, model, **info):
-    """Write a one-head model (``simsearch-scan-v1``; ``torch.load(weights_only=True)`` reads it)."""
+def features_record(meta, folder=None):
+    """What a checkpoint records about the features it was trained on: the model identity
+    (:func:`helpers.feature_store.model_identity`), the store's name, fingerprint, dataset and folder."""
+    from helpers.feature_store import model_identity
+
+    digest, fields = model_identity(meta)
+    return {"identity": digest, "identity_fields": fields, "store_name": meta.get("name"),
+            "store_fingerprint": meta.get("fingerprint"), "dataset": meta.get("dataset"),
+            "store": None if folder is None else str(folder), "created": meta.get("created")}
+
+
+def save_heads(path, model, features=None, **info):
+    """Write a one-head model (``simsearch-scan-v1``; ``torch.load(weights_only=True)`` reads it).
+
+    ``features`` is :func:`features_record` of the training store: :func:`check_features` refuses features of
+    another model with it.
+    """
     from pathlib import Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": CHECKPOINT_FORMAT, "in_dim": model.in_dim, "num_clusters": model.num_clusters,
                "hidden": model.hidden, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-               "info": dict(info)}
+               "features": features, "info": dict(info)}
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
     return path
 
 
-def load_heads(path):
-    """Read :func:`save_heads`'s file; returns ``(model, info)``."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+def load_heads(path, with_features=False):
+    """Read :func:`save_heads`'s file; returns ``(model, info)`` (``(model, info, features record)`` with
+    ``with_features``). A missing or foreign file is a ``ValueError`` saying what to do."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise ValueError(f"SCAN checkpoint not found: {path} (scan.py writes <save-to>/run_<i>/scan.pt and "
+                         "selflabel.pt)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
+        raise ValueError(f"{path} is not a readable torch checkpoint: {str(exc).splitlines()[0]}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a SCAN checkpoint ({CHECKPOINT_FORMAT})")
+        raise ValueError(f"{path} is not a SCAN checkpoint ({CHECKPOINT_FORMAT}); scan.py writes them")
     model = ClusteringHeads(payload["in_dim"], payload["num_clusters"], 1, payload["hidden"])
     model.load_state_dict(payload["state_dict"])
-    return model.eval(), dict(payload.get("info") or {})
+    info = dict(payload.get("info") or {})
+    if with_features:
+        return model.eval(), info, payload.get("features")
+    return model.eval(), info
+
+
+def check_features(path, record, meta):
+    """Refuse to apply the checkpoint ``path`` (trained on features described by ``record``, see
+    :func:`features_record`) to a store of metadata ``meta`` made by another model: ``ValueError``, one line."""
+    from helpers.feature_store import model_identity
+
+    if not record or not record.get("identity"):
+        raise ValueError(f"{path} does not record which features it was trained on (made by an older scan.py); "
+                         "retrain it with scan.py")
+    digest, fields = model_identity(meta)
+    if digest == record["identity"]:
+        return
+    trained = record.get("identity_fields") or {}
+    differ = sorted(key for key in set(trained) | set(fields) if trained.get(key) != fields.get(key))
+    raise ValueError(f"SCAN checkpoint {path} was trained on '{record.get('store_name')}' features "
+                     f"({trained.get('dim')}-d, model identity {record['identity'][:12]}), these are "
+                     f"'{meta.get('name')}' ({meta.get('dim')}-d, {digest[:12]}; differs in: {', '.join(differ)}); "
+                     "extract the features with the same model and post-processing")
+
+
+def load_for_features(path, meta):
+    """The model of the checkpoint ``path`` after :func:`check_features` against the store metadata ``meta``;
+    returns ``(model, info, record)``."""
+    model, info, record = load_heads(path, with_features=True)
+    check_features(path, record, meta)
+    return model, info, record
+
+
+@torch.no_grad()
+def predict_proba(model, features, batch_size=65536):
+    """Cluster probabilities ``float32 [n, num_clusters]`` of every row (``features``: array or memmap)."""
+    model = model.eval()
+    out = np.empty((len(features), model.num_clusters), dtype=np.float32)
+    for start in range(0, len(features), batch_size):
+        x = torch.from_numpy(np.array(features[start:start + batch_size], dtype=np.float32))
+        out[start:start + len(x)] = F.softmax(model(x)[0], dim=1).numpy()
+    return out

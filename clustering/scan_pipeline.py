@@ -2,6 +2,7 @@
 import argparse
 import csv
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 from helpers.cli import add_common_arguments, resolved_config
 from helpers.device import resolve_device
 from helpers.experiment import start_experiment
-from helpers.feature_store import load_features
+from helpers.feature_store import load_features, model_identity
 from helpers.log import get_logger, setup_logging
 from helpers.paths import CLUSTERING_DIR, slugify
 from helpers.results import write_json
@@ -30,7 +31,9 @@ def build_parser():
                     "neighbours, train clustering heads with the SCAN loss (neighbour consistency + entropy; the "
                     "head with the lowest loss is kept), then self-label (confident samples, strong feature-space "
                     "augmentation). Trains on the training split only and reports ACC (Hungarian), NMI and ARI on "
-                    "the test split, mean +- std over --runs, next to k-means on the same features.",
+                    "the test split, mean +- std over --runs, next to k-means on the same features. 'scan.py "
+                    "predict -h': apply trained checkpoints to a dataset's features (assignments and scores like "
+                    "kmeans.py).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--features", nargs="+", required=True, metavar="STORE",
@@ -45,6 +48,11 @@ def build_parser():
     data.add_argument("--test-split", type=float, default=0.25,
                       help="share of each class held out for the test when --test-features is not given")
     data.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split (fixed over runs)")
+    data.add_argument("--val-split", type=float, default=0.0,
+                      help="tuning mode: hold out this share of each class of the training split as a validation "
+                           "set, train on the rest and score on the validation set only (the test split is neither "
+                           "used nor scored); choose hyper-parameters this way, then run without it for the test "
+                           "scores (0 = off)")
     model = parser.add_argument_group("SCAN step")
     model.add_argument("--num-clusters", type=int, default=None,
                        help="clusters (default: the number of classes in the training labels)")
@@ -126,8 +134,9 @@ def _load(stores):
     sets = [load_features(store) for store in stores]
     if any(s.binary for s in sets):
         raise ValueError("SCAN works on float features, not binary hashes")
-    if len({s.features.shape[1] for s in sets}) != 1:
-        raise ValueError("the stores have different widths; give stores of one algorithm")
+    if len({s.features.shape[1] for s in sets}) != 1 or len({model_identity(s.meta)[0] for s in sets}) != 1:
+        raise ValueError(f"the stores {', '.join(s.name for s in sets)} come from different models or "
+                         "post-processing; give stores of one algorithm")
     features = np.concatenate([np.asarray(s.features, dtype=np.float32) for s in sets])
     if not np.isfinite(features).all():
         raise ValueError("the features hold NaN or infinite values; re-extract them")
@@ -150,18 +159,37 @@ def stratified_split(labels, test_split, seed):
 
 
 def load_data(args):
+    """``(train, evaluation, meta, evaluated_on)``; each set is ``(features, labels, names)``. The evaluation set
+    is the test split, or with ``--val-split`` a validation set carved out of the training split (disjoint from
+    the test split, which is then not loaded or scored)."""
     features, names, meta, stores = _load(args.features)
     labels = class_labels(names, args.labels, stores)
+    train, test = load_train_test(args, features, names, labels, stores)
+    if not args.val_split:
+        return train, test, meta, "test"
+    x, y, n = train
+    # another seed than the test split's, so the validation rows are not the test split's pattern again
+    kept, val = stratified_split(y, args.val_split, args.split_seed + 1)
+    pick = lambda rows: (x[rows], y[rows], [n[i] for i in rows])  # noqa: E731
+    return pick(kept), pick(val), meta, "validation"
+
+
+def load_train_test(args, features, names, labels, stores):
+    """The training and test sets (``(features, labels, names)`` each): ``--test-features``, or a stratified
+    ``--test-split`` of ``--features``. With ``--val-split`` the test set is not loaded (``None``)."""
+    if args.test_features and args.val_split:
+        return (features, np.asarray(labels), names), None
     if args.test_features:
-        test_features, test_names, _, test_stores = _load(args.test_features)
-        if test_features.shape[1] != features.shape[1]:
-            raise ValueError("--features and --test-features come from different algorithms (widths differ)")
+        test_features, test_names, test_meta, test_stores = _load(args.test_features)
+        if model_identity(test_meta)[0] != model_identity(stores[0].meta)[0]:
+            raise ValueError(f"--features ({stores[0].name}) and --test-features ({test_meta.get('name')}) come "
+                             "from different models or post-processing; give stores of one algorithm")
         test_labels = class_labels(test_names, args.labels, test_stores)
-        return (features, np.asarray(labels), names), (test_features, np.asarray(test_labels), test_names), meta
+        return (features, np.asarray(labels), names), (test_features, np.asarray(test_labels), test_names)
     train, test = stratified_split(labels, args.test_split, args.split_seed)
     labels = np.asarray(labels)
     pick = lambda rows: (features[rows], labels[rows], [names[i] for i in rows])  # noqa: E731
-    return pick(train), pick(test), meta
+    return pick(train), pick(test)
 
 
 def _summary(runs):
@@ -185,6 +213,8 @@ def _check(args):
         raise ValueError(f"{', '.join(bad)} must be positive")
     if args.selflabel_epochs < 0 or not 0 < args.confidence < 1 or not 0 <= args.aug_dropout < 1:
         raise ValueError("--selflabel-epochs must be >= 0, --confidence in (0, 1), --aug-dropout in [0, 1)")
+    if not 0 <= args.val_split < 1:
+        raise ValueError(f"--val-split must be in [0, 1) (0 = no validation set), got {args.val_split}")
 
 
 def run(args):
@@ -195,13 +225,15 @@ def run(args):
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     _check(args)
     device = resolve_device(args.device)
-    (x_train, y_train, train_names), (x_test, y_test, test_names), meta = load_data(args)
+    (x_train, y_train, train_names), (x_test, y_test, test_names), meta, evaluated_on = load_data(args)
     classes = int(np.unique(y_train).size)
     clusters = args.num_clusters or classes
     if clusters < 2 or clusters > len(x_train):
         raise ValueError(f"cannot make {clusters} clusters of {len(x_train)} training images")
     if len(x_test) == 0:
-        raise ValueError("the test split is empty; give --test-features or a larger --test-split")
+        flag = "--val-split" if args.val_split else "--test-split (or --test-features)"
+        raise ValueError(f"the {evaluated_on} set is empty; give a larger {flag}")
+    record = scan.features_record(meta, args.features[0])
     save_to = Path(args.save_to) if args.save_to else CLUSTERING_DIR / "scan" / slugify(
         f"{meta.get('dataset', 'data')} {meta.get('name', 'features')}")
     experiment = start_experiment(save_to, resolved_config(args), force=args.force, device=device)
@@ -210,7 +242,7 @@ def run(args):
     y_train_codes, y_test_codes = encode_labels(y_train), encode_labels(y_test)
     neighbor_purity = float((y_train_codes[neighbors] == y_train_codes[:, None]).mean())
     np.save(save_to / "neighbors.npy", neighbors, allow_pickle=False)
-    write_json(save_to / "split.json", {"train": train_names, "test": test_names})
+    write_json(save_to / "split.json", {"train": train_names, evaluated_on: test_names})
     runs = []
     for index in range(args.runs):
         seed = args.seed + index
@@ -228,9 +260,9 @@ def run(args):
         predicted, _ = scan.predict(model, x_test)
         entry["scan"] = scan.scores(y_test_codes, predicted)
         entry["scan_head"], entry["scan_head_losses"] = info["head"], info["losses"]
-        scan.save_heads(run_dir / "scan.pt", model, step="scan", source_name=meta.get("name"), seed=seed,
+        scan.save_heads(run_dir / "scan.pt", model, record, step="scan", source_name=meta.get("name"), seed=seed,
                         head=info["head"])
-        np.save(run_dir / "assignment_test_scan.npy", predicted, allow_pickle=False)
+        np.save(run_dir / f"assignment_{evaluated_on}_scan.npy", predicted, allow_pickle=False)
         if args.selflabel_epochs:
             model, sl_info = scan.train_selflabel(model, x_train, epochs=args.selflabel_epochs,
                                                   batch_size=args.batch_size, lr=args.selflabel_lr,
@@ -240,23 +272,26 @@ def run(args):
             predicted, _ = scan.predict(model, x_test)
             entry["selflabel"] = scan.scores(y_test_codes, predicted)
             entry["confident_share"] = sl_info["history"][-1]["confident"]
-            scan.save_heads(run_dir / "selflabel.pt", model, step="selflabel", source_name=meta.get("name"),
+            scan.save_heads(run_dir / "selflabel.pt", model, record, step="selflabel", source_name=meta.get("name"),
                             seed=seed)
-            np.save(run_dir / "assignment_test_selflabel.npy", predicted, allow_pickle=False)
+            np.save(run_dir / f"assignment_{evaluated_on}_selflabel.npy", predicted, allow_pickle=False)
         writer.close()
         runs.append(entry)
         logger.info("run %d: %s", index, "  ".join(
             f"{m} acc={entry[m]['acc']:.3f} nmi={entry[m]['nmi']:.3f} ari={entry[m]['ari']:.3f}"
             for m in METHODS if m in entry))
     results = {"features": [str(s) for s in args.features], "store_name": meta.get("name"),
-               "n_train": len(x_train), "n_test": len(x_test), "n_classes_train": classes,
-               "n_classes_test": int(np.unique(y_test).size), "num_clusters": clusters,
+               "evaluated_on": evaluated_on, "n_train": len(x_train),
+               "n_test": None if args.val_split else len(x_test), "n_val": len(x_test) if args.val_split else 0,
+               "n_classes_train": classes, f"n_classes_{evaluated_on}": int(np.unique(y_test).size),
+               "num_clusters": clusters, "features_identity": record["identity"],
                "neighbor_purity": neighbor_purity, "runs": runs, "summary": _summary(runs),
                "seconds": time.perf_counter() - started, "device": str(device)}
     write_json(save_to / "results.json", results)
     summary = results["summary"]
     experiment.finish(**{f"{m}_{k}": summary[m][k]["mean"] for m in summary for k in ("acc", "nmi", "ari")})
-    print(f"\n{results['store_name']}: {len(x_train)} training / {len(x_test)} test images, {clusters} clusters, "
+    print(f"\n{results['store_name']}: {len(x_train)} training / {len(x_test)} {evaluated_on} images, "
+          f"{clusters} clusters, "
           f"{args.runs} run(s), neighbour purity {neighbor_purity:.3f} -> {save_to}")
     print(f"{'':10}" + "".join(f"{key.upper():>18}" for key in ("acc", "nmi", "ari")))
     for method in summary:
@@ -265,9 +300,77 @@ def run(args):
     return results
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# scan.py predict: a trained checkpoint applied to a dataset's features, reported like kmeans.py / hierarchical.py
+# ----------------------------------------------------------------------------------------------------------------
+
+def checkpoint_label(path):
+    """``<experiment>_<run>_<step>`` of ``<experiment>/run_<i>/<step>.pt`` (scan.py's layout), slugified."""
+    from helpers.paths import slugify
+
+    path = Path(path)
+    return slugify(" ".join(p for p in (path.parent.parent.name, path.parent.name, path.stem) if p))
+
+
+def build_predict_parser():
+    from .pipeline import add_clustering_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="scan.py predict",
+        description="Apply SCAN checkpoints (scan.py's run_<i>/scan.pt or selflabel.pt) to the features of a "
+                    "dataset, like kmeans.py / hierarchical.py: one run per checkpoint with its assignment "
+                    "(argmax of the head's cluster probabilities) and the same external scores (ACC = "
+                    "'accuracy' with Hungarian matching, NMI, ARI, V-measure, AMI; mean +- std over the "
+                    "checkpoints in results.json) when the dataset has labels. A checkpoint refuses features of "
+                    "another model or post-processing than the one it was trained on. Results: "
+                    "Clustering_results/<partition>/<metric>_scan_<algo>/<N>-clusters_scan-<checkpoint>/.")
+    parser.add_argument("--checkpoint", nargs="+", required=True, metavar="PT",
+                        help="SCAN checkpoints (scan.py writes <save-to>/run_<i>/scan.pt and selflabel.pt)")
+    add_clustering_arguments(parser, metric_default="cosine")
+    return parser
+
+
+def run_predict(args):
+    """``scan.py predict``: one run per checkpoint; returns the results dict."""
+    from . import layout
+    from .pipeline import finalize, finished_run, record_run, setup
+
+    checkpoints = [Path(p) for p in args.checkpoint]
+    labels = [checkpoint_label(p) for p in checkpoints]
+    if len(set(labels)) != len(labels):
+        raise ValueError("two checkpoints would get the same run name; give each once")
+    loaded = [scan.load_heads(path, with_features=True) for path in checkpoints]  # unreadable files fail first
+    st = setup(args, "scan")
+    for path, (_, _, record) in zip(checkpoints, loaded):  # every checkpoint checked before any run
+        scan.check_features(path, record, st.data.meta)
+    runs = []
+    for path, label, (model, info, record) in zip(checkpoints, labels, loaded):
+        previous = finished_run(st, layout.scan_run_name("*", label))
+        if previous is not None:
+            runs.append(previous)
+            continue
+        probabilities = scan.predict_proba(model, st.data.features)
+        assignment = probabilities.argmax(axis=1).astype(np.int64)
+        used = int(np.unique(assignment).size)
+        runs.append(record_run(st, layout.scan_run_name(used, label), assignment, {
+            "checkpoint": str(path), "step": info.get("step"), "num_clusters": model.num_clusters,
+            "mean_confidence": float(probabilities.max(axis=1).mean()),
+            "trained_on": record.get("store_name"), "trained_on_dataset": record.get("dataset")}))
+    summary = {}
+    for key in ("accuracy", "nmi", "ari"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            summary[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
+    return finalize(st, runs, extra={"summary": summary, "checkpoints": [str(p) for p in checkpoints]})
+
+
 def main(argv=None):
     """``scan.py``: parse, run, one ``error:`` line and exit code 2 on bad input (:func:`helpers.cli.run_cli`)."""
     from helpers.cli import run_cli
 
-    run_cli(build_parser(), run, argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["predict"]:
+        run_cli(build_predict_parser(), run_predict, argv[1:])
+    else:
+        run_cli(build_parser(), run, argv)
     return 0

@@ -303,7 +303,7 @@ def _hash_job(specs, decode="exact"):
                 hashes_only=True)
 
 
-def _postprocess_suffix(pca, whiten, fit_dataset, l2, adapt=None):
+def _postprocess_suffix(pca, whiten, fit_dataset, l2, adapt=None, scan=None):
     parts = []
     if pca:
         parts.append(f"PCA{int(pca)}" + (" whitened" if whiten else "") + f" on {fit_dataset}")
@@ -311,6 +311,8 @@ def _postprocess_suffix(pca, whiten, fit_dataset, l2, adapt=None):
         parts.append("L2")
     if adapt:
         parts.append(f"adapted {adaptation_name(adapt)}")
+    if scan:
+        parts.append(f"SCAN {scan_name(scan)}")
     return " ".join(parts)
 
 
@@ -320,6 +322,13 @@ def adaptation_name(path):
     path = Path(str(path))
     parts = [path.parent.parent.name, path.parent.name] + ([path.stem] if path.stem != "adaptation" else [])
     return " ".join(part for part in parts if part)
+
+
+def scan_name(path):
+    """Store-name part of a SCAN checkpoint: ``<experiment> <run> <step>`` for ``<experiment>/run_<i>/<step>.pt``
+    (``scan.py``'s layout)."""
+    path = Path(str(path))
+    return " ".join(part for part in (path.parent.parent.name, path.parent.name, path.stem) if part)
 
 
 def _as_list(value):
@@ -335,7 +344,7 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
                      l2_normalize=False, pca=None, pca_fit_dataset=None, whiten=False, layers=None, seed=0,
                      chunk_size=DEFAULT_CHUNK_SIZE, progress=True, max_pixels=DEFAULT_MAX_PIXELS,
                      decode="cpu", nvjpeg_share=None, wait=True, adapt=None,
-                     hash_decode="exact"):
+                     hash_decode="exact", scan=None):
     """Extract features of every algorithm on every dataset into the feature store.
 
     Parameters
@@ -397,6 +406,11 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
         'fast' (Ahash / Phash / Dhash only: JPEGs decoded at reduced scale in the DCT domain, other formats
         box-reduced, :func:`extractor.hashing.fast_min_side`; faster, bits close to but not always imagehash's).
         Recorded in the store's ``decode`` (part of its fingerprint: a store is never reused across modes).
+    scan : path, optional
+        A SCAN checkpoint (``scan.py``'s ``run_<i>/scan.pt`` or ``selflabel.pt``): also write
+        ``<name> [PCA...] [L2] [adapted ...] SCAN <run>``, the head's cluster probabilities (``float32 [n,
+        clusters]``, the argmax of a row is its cluster), after the other steps. The checkpoint refuses features
+        of another model or post-processing than the ones it was trained on.
 
     Returns
     -------
@@ -431,6 +445,9 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
     if adapt is not None and not Path(str(adapt)).is_file():
         raise FileNotFoundError(f"adaptation checkpoint not found: {adapt} (train_adaptation.py writes "
                                 "<save-to>/run_<i>/adaptation.pt)")
+    if scan is not None and not Path(str(scan)).is_file():
+        raise FileNotFoundError(f"SCAN checkpoint not found: {scan} (scan.py writes <save-to>/run_<i>/scan.pt and "
+                                "selflabel.pt)")
 
     specs = list({spec.slug: spec for spec in [resolve_algorithm(a) for a in algos]
                   + [_checkpoint_spec(c) for c in checkpoints]}.values())  # 'Dhash 64 bits' == 'dhash_64_bits'
@@ -462,7 +479,8 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
                             weights=weights, seed=seed, precision=precision, layers=layers, name=name, out=out,
                             force=force, chunk_size=chunk_size, batch_size=batch_size, progress=progress,
                             max_pixels=max_pixels, pca=pca, whiten=whiten, fit=fit, l2_normalize=l2_normalize,
-                            decode=decode, nvjpeg_share=nvjpeg_share, wait=wait, adapt=adapt, hash_decode=hash_decode)
+                            decode=decode, nvjpeg_share=nvjpeg_share, wait=wait, adapt=adapt, hash_decode=hash_decode,
+                            scan=scan)
     finally:
         dist.close()
 
@@ -470,7 +488,7 @@ def extract_features(algo=None, dataset=None, *, batch_size=64, workers=None, de
 def _extract_all(hashes, neural, resolved, to_extract, listings, dist, device, *, workers, weights, seed, precision,
                  layers, name, out, force, chunk_size, batch_size, progress, max_pixels, pca, whiten, fit,
                  l2_normalize, decode="cpu", nvjpeg_share=None, wait=True, adapt=None,
-                 hash_decode="exact"):
+                 hash_decode="exact", scan=None):
     workers = None if workers is None else int(workers)
     common = dict(out=Path(out), dist=dist, force=force, chunk_size=int(chunk_size), batch_size=int(batch_size),
                   workers=workers, device=device, progress=progress, max_pixels=max_pixels, wait=wait)
@@ -496,14 +514,14 @@ def _extract_all(hashes, neural, resolved, to_extract, listings, dist, device, *
     if not dist.is_main:
         return []
     written = []
-    suffix = _postprocess_suffix(pca, whiten, fit.name if fit else None, l2_normalize, adapt)
+    suffix = _postprocess_suffix(pca, whiten, fit.name if fit else None, l2_normalize, adapt, scan)
     requested = {d.store_key: d for d in resolved}
     for (algo_name, ds_key), folder in raw.items():
         if ds_key in requested:
             written.append(folder)
             if suffix:
                 written.append(_postprocess(algo_name, requested[ds_key], folder, suffix, raw, pca, whiten, fit,
-                                            l2_normalize, Path(out), force, adapt=adapt))
+                                            l2_normalize, Path(out), force, adapt=adapt, scan=scan))
     return written
 
 
@@ -514,7 +532,7 @@ def _checkpoint_spec(path):
     return CheckpointSpec(path.resolve(), checkpoint_name(path))
 
 
-def _postprocess(algo_name, dataset, folder, suffix, raw, pca, whiten, fit, l2, out, force, adapt=None):
+def _postprocess(algo_name, dataset, folder, suffix, raw, pca, whiten, fit, l2, out, force, adapt=None, scan=None):
     target_name = f"{algo_name} {suffix}"
     target = feature_dir(dataset, target_name, out)
     source = load_features(folder, mmap=True)
@@ -531,7 +549,24 @@ def _postprocess(algo_name, dataset, folder, suffix, raw, pca, whiten, fit, l2, 
     if adapt:
         _check_adaptation_input(adapt, source, pca, target_name)
         steps.append({"step": "adapt", "checkpoint": str(Path(str(adapt)).resolve())})
+    if scan:
+        _check_scan_input(scan, source, pca, adapt, algo_name, _postprocess_suffix(
+            pca, whiten, fit.name if fit else None, l2, adapt))
+        steps.append({"step": "scan", "checkpoint": str(Path(str(scan)).resolve())})
     return postprocess_store(folder, target, target_name, steps, overwrite=True)
+
+
+def _check_scan_input(checkpoint, source, pca, adapt, algo_name, suffix):
+    """The SCAN head must receive features of the model and post-processing it was trained on: the metadata of
+    the store the other steps would write (name, width) is checked against the checkpoint's record."""
+    from adaptation.models import load_adaptation
+    from clustering.scan import load_for_features
+
+    width = int(pca) if pca else source.dim
+    if adapt:
+        width = load_adaptation(adapt)[0].out_dim
+    meta = dict(source.meta, name=f"{algo_name} {suffix}".strip(), dim=width, binary=source.binary and not suffix)
+    load_for_features(checkpoint, meta)
 
 
 def _check_adaptation_input(checkpoint, source, pca, target_name):

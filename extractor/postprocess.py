@@ -176,8 +176,10 @@ def postprocess_store(source_folder, target_folder, name, steps, overwrite=False
     ----------
     steps : list of dict
         In order; ``{'step': 'pca', 'n_components': k, 'whiten': bool, 'fit_folder': path}``,
-        ``{'step': 'l2'}`` and/or ``{'step': 'adapt', 'checkpoint': path}`` (a module of
-        ``train_adaptation.py``; its output is L2-normalised).
+        ``{'step': 'l2'}``, ``{'step': 'adapt', 'checkpoint': path}`` (a module of
+        ``train_adaptation.py``; its output is L2-normalised) and/or ``{'step': 'scan', 'checkpoint': path}`` (a
+        head of ``scan.py``; its output is the cluster probabilities, checked by the caller against the features
+        the head was trained on).
     """
     source = load_features(source_folder)
     fitted = {}
@@ -191,6 +193,12 @@ def postprocess_store(source_folder, target_folder, name, steps, overwrite=False
 
             fitted[id(step)], info = load_adaptation(step["checkpoint"])
             step["trained_on"] = info.get("source_name")
+        elif step["step"] == "scan":
+            from clustering.scan import load_heads
+
+            fitted[id(step)], info, record = load_heads(step["checkpoint"], with_features=True)
+            step["trained_on"] = (record or {}).get("store_name")
+            step["num_clusters"] = fitted[id(step)].num_clusters
         elif step["step"] != "l2":
             raise ValueError(f"unknown post-processing step {step['step']!r}")
     writer = ChunkedFeatureWriter(target_folder)
@@ -207,6 +215,10 @@ def postprocess_store(source_folder, target_folder, name, steps, overwrite=False
                 from adaptation.models import adapt_features
 
                 x = adapt_features(fitted[id(step)], x)
+            elif step["step"] == "scan":
+                from clustering.scan import predict_proba
+
+                x = predict_proba(fitted[id(step)], x)
             else:
                 x = l2_normalize(x)
         width = x.shape[1]
@@ -216,6 +228,7 @@ def postprocess_store(source_folder, target_folder, name, steps, overwrite=False
         for step in steps:
             width = step["n_components"] if step["step"] == "pca" else width
             width = fitted[id(step)].out_dim if step["step"] == "adapt" else width
+            width = fitted[id(step)].num_clusters if step["step"] == "scan" else width
         writer.write_chunk(np.empty((0, width), dtype=np.float32), [])
     meta = {key: value for key, value in source.meta.items() if key not in ("slug", "dim", "n", "created", "binary")}
     meta.update({"name": name, "binary": False, "source": str(source_folder),

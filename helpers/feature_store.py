@@ -415,3 +415,26 @@ class _Shape:
     def __init__(self, n, width, dtype):
         self.shape = (n, width)
         self.dtype = np.dtype(dtype)
+
+
+# What a fingerprint holds that is not about the model: the images (and the decode path / precision, which change
+# pixels and rounding but not which network produced the features).
+_NOT_MODEL_FIELDS = ("images", "n_images", "decode", "nvjpeg_share", "precision")
+
+
+def model_identity(meta):
+    """The identity of the model behind a store's features, without its images: ``(digest, fields)``.
+
+    Two stores with the same identity hold comparable features (same algorithm, weights and their SHA-256,
+    preprocessing, layers, post-processing), whatever images they cover, so something trained on one store (a SCAN
+    head, ...) applies to the other. ``fields`` are the store's fingerprint fields without the image list, the
+    decode path and the precision, plus its display name and width (the name of a post-processed store says its
+    steps: ``<algorithm> PCA256 on <dataset>``, ``... adapted <run>``). A store written by code, without a
+    fingerprint, is identified by its name, width and ``algorithm`` entry.
+    """
+    fields = {key: value for key, value in (meta.get("fingerprint_fields") or {}).items()
+              if key not in _NOT_MODEL_FIELDS}
+    if not fields:
+        fields = {"algorithm": meta.get("algorithm")}
+    fields.update(name=meta.get("name"), dim=meta.get("dim"), binary=bool(meta.get("binary", False)))
+    return fingerprint(fields), fields
