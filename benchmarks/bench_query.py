@@ -56,7 +56,7 @@ def ensure_index(folder, algo, factory, n):
     """Build the synthetic index once (same n, same seed: the same index); rebuilt when it predates the numpy copy
     of the model."""
     info_file = folder / "index.json"
-    if info_file.is_file() and "numpy_model" in read_json(info_file):
+    if info_file.is_file() and "onnx_model" in read_json(info_file):
         return 0.0
     from dedup.features import Featurizer, normalize
     from dedup.index import build_from_features
