@@ -3,7 +3,7 @@
 
 The index holds ``--n`` synthetic vectors (clustered, L2-normalised; a search costs the same whatever the
 vectors' origin: it depends on n, d and the index type) saved by :func:`dedup.index.build_from_features` with the
-real algorithm's metadata (and, for EfficientNet-Lite, its torch-free numpy copy), so ``query.py`` loads the real
+real algorithm's metadata (and, for models, the ONNX export of the network), so ``query.py`` loads the real
 model (pretrained weights) and embeds a real photo.
 
 Printed per algorithm and index, each measured on ``query.py`` subprocesses:
@@ -11,7 +11,7 @@ Printed per algorithm and index, each measured on ``query.py`` subprocesses:
 - **fresh process**: the wall time of ``query.py IMG --index NAME -k 10`` (Python start, imports, index and model
   loading, the query), median of ``--repeats`` runs (the first run also reads the files into the page cache: it is
   listed, not in the median); for models, also with ``--engine torch`` (``--torch-repeats`` runs), what a fresh
-  process cost before the numpy copy;
+  process costs without the ONNX export;
 - **warm**: one ``query.py --index NAME --serve --json -`` process answering the same image ``--repeats`` + 1
   times on standard input (the first answer warms the caches): the median round trip per query (write the path,
   read + embed + search k=10, read the JSON answer), and the process's own load times.
@@ -53,10 +53,10 @@ def query_image():
 
 
 def ensure_index(folder, algo, factory, n):
-    """Build the synthetic index once (same n, same seed: the same index); rebuilt when it predates the numpy copy
+    """Build the synthetic index once (same n, same seed: the same index); rebuilt when it predates the ONNX export
     of the model."""
     info_file = folder / "index.json"
-    if info_file.is_file() and "numpy_model" in read_json(info_file):
+    if info_file.is_file() and "onnx_model" in read_json(info_file):
         return 0.0
     from dedup.features import Featurizer, normalize
     from dedup.index import build_from_features
@@ -127,7 +127,7 @@ def main(argv=None):
     parser.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "query_100k.json"))
     args = parser.parse_args(argv)
     image = query_image()
-    # query.py's threads: FAISS (--threads), BLAS (the numpy model's 1x1 convolutions), torch
+    # query.py's threads: FAISS and ONNX Runtime (--threads), torch; BLAS (none of the query's hot paths) capped too
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
     rows = []

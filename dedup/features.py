@@ -121,10 +121,9 @@ class Featurizer:
         return normalize(x)
 
 
-class NumpyFeaturizer(Featurizer):
-    """A :class:`Featurizer` whose model is a torch-free copy (:class:`dedup.numpy_net.NumpyNetwork`) saved with an
-    index: same features (checked at export), no torch import. CPU only, one image at a time (what ``query.py``
-    needs)."""
+class OnnxFeaturizer(Featurizer):
+    """A :class:`Featurizer` whose model is the ONNX export saved with an index (:class:`dedup.onnx_model.OnnxNetwork`
+    on ONNX Runtime): same features (checked at export), no torch import. CPU only (what ``query.py`` needs)."""
 
     def __init__(self, network, algo, meta):
         self.algo = algo
@@ -137,7 +136,7 @@ class NumpyFeaturizer(Featurizer):
         self.meta = dict(meta)
         self.dim = int(self.meta.get("embedding_dim", self.meta.get("dim")))
         self.name = self.meta.get("name", algo)
-        self.engine = "numpy"
+        self.engine = "onnx"
 
     def images(self, images):
         images = list(images)

@@ -140,24 +140,30 @@ class SavedIndex:
         return np.concatenate([np.asarray(load_features(self.folder / part).features)
                                for part in self.info["parts"]])
 
-    def featurizer(self, device="cpu", workers=1, engine="auto"):
-        """The index's algorithm. ``engine``: ``auto`` uses the torch-free copy of the model saved with the index
-        (``model.npz``, :mod:`dedup.numpy_net`) when there is one and ``device`` is ``cpu`` or ``auto``, torch
-        otherwise; ``numpy`` requires the copy; ``torch`` always builds the torch model."""
-        if engine not in ("auto", "numpy", "torch"):
-            raise ValueError(f"engine must be auto, numpy or torch, got {engine!r}")
+    def featurizer(self, device="cpu", workers=1, engine="auto", threads=None):
+        """The index's algorithm. ``engine``: ``auto`` uses the ONNX export of the model saved with the index
+        (``model.onnx``, :mod:`dedup.onnx_model`, run by ONNX Runtime with ``threads`` intra-op threads) when there
+        is one and ``device`` is ``cpu`` or ``auto``, torch otherwise; ``onnx`` requires the export; ``torch``
+        always builds the torch model."""
+        if engine not in ("auto", "onnx", "torch"):
+            raise ValueError(f"engine must be auto, onnx or torch, got {engine!r}")
         if not self.binary and engine != "torch":
-            from .numpy_net import load_network
+            from .onnx_model import load_network
 
-            network = load_network(self.folder) if (engine == "numpy" or str(device) in ("auto", "cpu")) else None
+            network = None
+            if engine == "onnx" or str(device) in ("auto", "cpu"):
+                from extractor.transforms import Preprocessing
+
+                network = load_network(self.folder, Preprocessing.from_meta(self.info["meta"]["preprocessing"]),
+                                       threads=threads)
             if network is not None:
-                from .features import NumpyFeaturizer
+                from .features import OnnxFeaturizer
 
-                return NumpyFeaturizer(network, self.info["algo"], self.info["meta"])
-            if engine == "numpy":
-                raise ValueError(f"{self.folder} has no numpy copy of its model ({self.info['name']}: only the "
-                                 f"EfficientNet-Lite models have one; rebuild the index to add it); use "
-                                 f"--engine torch")
+                return OnnxFeaturizer(network, self.info["algo"], self.info["meta"])
+            if engine == "onnx":
+                reason = (self.info.get("onnx_model") or {}).get("refused") or "the index predates the ONNX export"
+                raise ValueError(f"{self.folder} has no ONNX export of its model ({self.info['name']}: {reason}); "
+                                 f"use --engine torch, or rebuild the index")
         return Featurizer(self.info["algo"], weights=self.info.get("weights", "pretrained"), device=device,
                           workers=workers)
 
@@ -240,7 +246,7 @@ def build_from_features(folder, names, features, featurizer, factory="Flat", npr
                   overwrite=True)
     if index is not None:
         write_faiss(index, folder / INDEX_FILE, featurizer.binary)
-    numpy_copy = _save_numpy_copy(folder, featurizer)
+    onnx_export = _save_onnx_export(folder, featurizer)
     info = {
         "algo": featurizer.algo, "name": featurizer.name, "binary": featurizer.binary,
         "metric": featurizer.metric, "dim": dim, "factory": factory, "nprobe": nprobe, "efsearch": efsearch,
@@ -251,30 +257,30 @@ def build_from_features(folder, names, features, featurizer, factory="Flat", npr
         "threshold_score": None if threshold is None or not np.isfinite(threshold)
         else float(score_of(threshold, featurizer.binary)),
         "score": featurizer.score_name, "calibration": calibration, "build_seconds": time.perf_counter() - started,
-        "numpy_model": numpy_copy,
+        "onnx_model": onnx_export,
     }
     write_json(folder / INFO_FILE, info)
     return info
 
 
-def _save_numpy_copy(folder, featurizer):
-    """Save the torch-free copy of the model (:mod:`dedup.numpy_net`) that lets ``query.py`` skip torch's import;
-    ``None`` (and no file) for hashes and for models it does not cover."""
-    from .numpy_net import MODEL_FILE, PLAN_FILE, UnsupportedNetwork, export_network, save_network
+def _save_onnx_export(folder, featurizer):
+    """Save the ONNX export of the model (:mod:`dedup.onnx_model`) that lets ``query.py`` skip torch's import.
 
-    for stale in (MODEL_FILE, PLAN_FILE):  # a rebuild with another algorithm must not keep the old copy
-        (folder / stale).unlink(missing_ok=True)
+    Returns ``None`` for hashes, ``{"file": "model.onnx", "cosine": ..., ...}`` for an export that matches torch,
+    ``{"file": None, "refused": reason}`` when the export failed or did not match (``query.py`` then uses torch).
+    """
+    from .onnx_model import MODEL_FILE, ExportRefused, export_model
+
+    (folder / MODEL_FILE).unlink(missing_ok=True)  # a rebuild with another algorithm must not keep the old export
     if getattr(featurizer, "engine", None) != "torch":
         return None
     from extractor.transforms import Preprocessing
 
     try:
-        plan, arrays = export_network(featurizer._model, Preprocessing.from_meta(featurizer.meta["preprocessing"]))
-    except UnsupportedNetwork as exc:
-        logger.info("no numpy copy of %s (query.py will import torch): %s", featurizer.name, exc)
-        return None
-    save_network(folder, plan, arrays)
-    return {"file": MODEL_FILE, "plan": PLAN_FILE, **plan["check"]}
+        return export_model(featurizer._model, Preprocessing.from_meta(featurizer.meta["preprocessing"]), folder)
+    except ExportRefused as exc:
+        logger.warning("no ONNX export of %s (query.py will import torch): %s", featurizer.name, exc)
+        return {"file": None, "refused": str(exc)}
 
 
 def append_to_index(folder, paths, featurizer=None, report=None, features=None, names=None):

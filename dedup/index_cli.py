@@ -150,12 +150,12 @@ def query_parser():
                         help="load once, then read image paths from standard input (one per line; several "
                              "separated by tabs form one batch) and answer each line; with --json, one JSON object "
                              "per line goes to standard output instead of the table. Ends at end of input")
-    parser.add_argument("--engine", default="auto", choices=["auto", "numpy", "torch"],
-                        help="how a model embeds the queries: auto uses the torch-free copy saved with the index "
-                             "(EfficientNet-Lite, no torch import: a fresh process answers in about a second) on "
+    parser.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"],
+                        help="how a model embeds the queries: auto uses the ONNX export saved with the index "
+                             "(ONNX Runtime, no torch import: a fresh process answers in about a second) on "
                              "--device cpu/auto, torch otherwise (default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="search (and torch) threads (default: all cores)")
+                        help="search and model (ONNX Runtime / torch) threads (default: all cores)")
     add_common_arguments(parser, seed=False, force=False)
     return parser
 
@@ -196,7 +196,7 @@ class QuerySession:
             faiss.omp_set_num_threads(int(threads))
         self.timings["load_index_s"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        self.featurizer = self.saved.featurizer(device=device, engine=engine)
+        self.featurizer = self.saved.featurizer(device=device, engine=engine, threads=threads)
         if threads is not None and self.featurizer.engine == "torch":
             import torch
 

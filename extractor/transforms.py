@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 # torch is imported where tensors are made: the registry imports this module, and a process that only hashes or
-# runs a numpy-exported model (query.py, dedup.numpy_net) must not pay torch's import (seconds).
+# runs the ONNX export of a model (query.py, dedup.onnx_model) must not pay torch's import (seconds).
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

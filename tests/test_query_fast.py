@@ -1,5 +1,6 @@
-"""query.py's fast paths: the torch-free copy of EfficientNet-Lite (dedup.numpy_net), the memory-mapped index, the
-lean imports of a fresh process and the --serve mode, each checked against the torch model / the plain path."""
+"""query.py's fast paths: the ONNX export of the model run by ONNX Runtime (dedup.onnx_model), the memory-mapped
+index, the lean imports of a fresh process and the --serve mode, each checked against the torch model / the plain
+path."""
 import io
 import json
 import subprocess
@@ -12,7 +13,8 @@ import torch
 from dedup.features import Featurizer
 from dedup.index import SavedIndex, build_from_features
 from dedup.index_cli import run_query
-from dedup.numpy_net import UnsupportedNetwork, export_network, load_network
+from dedup import onnx_model
+from dedup.onnx_model import MODEL_FILE, ExportRefused, export_model, load_network
 from dedup.testset import synthetic_images
 from extractor.models import build_model
 from extractor.transforms import Preprocessing
@@ -36,29 +38,35 @@ def _randomise_batch_norms(model, seed=0):
     return model
 
 
-def test_numpy_copy_of_efficientnet_lite_equals_torch():
-    model, transform, info = build_model(ALGO, weights="random")
-    model = _randomise_batch_norms(model.eval())
+def _onnx_equals_torch(model, transform, info, folder):
     pre = Preprocessing.from_meta(info["preprocessing"])
-    plan, arrays = export_network(model, pre)
-    from dedup.numpy_net import NumpyNetwork
-
-    network = NumpyNetwork(plan, arrays)
+    check = export_model(model, pre, folder)
+    assert check["file"] == MODEL_FILE and check["cosine"] > 1 - 1e-5
+    network = load_network(folder, pre, threads=1)
     images = synthetic_images(3, seed=5, width=131, height=77)  # odd sizes: the resize path of the transform
     images.append(images[0].convert("L"))  # a grayscale image goes through the RGB conversion
+    for image in images:  # the torch-free preprocessing gives exactly the indexing pixels
+        np.testing.assert_array_equal(network.preprocess(image), transform(image).numpy())
     with torch.inference_mode():
         reference = model(torch.stack([transform(image) for image in images])).double().numpy()
     ours = network.embed(images).astype(np.float64)
     assert ours.shape == reference.shape == (4, info["embedding_dim"])
-    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-5 * max(1.0, np.abs(reference).max()))
     cosines = np.sum(ours * reference, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(reference, axis=1))
     assert cosines.min() > 1 - 1e-6
 
 
-def test_numpy_copy_refuses_other_networks():
-    model, _, info = build_model("ResNet18 1x", weights="random")
-    with pytest.raises(UnsupportedNetwork):
-        export_network(model, Preprocessing.from_meta(info["preprocessing"]))
+@pytest.mark.parametrize("algo", [ALGO, "ResNet18 1x"])
+def test_onnx_export_equals_torch_random_weights(tmp_path, algo):
+    """Any registry model that exports, not only EfficientNet-Lite; random batch-norm statistics and affine terms
+    so that the exported batch norms are really exercised."""
+    model, transform, info = build_model(algo, weights="random")
+    _onnx_equals_torch(_randomise_batch_norms(model.eval()), transform, info, tmp_path)
+
+
+def test_onnx_export_equals_torch_pretrained_efficientnet_lite(tmp_path):
+    model, transform, info = build_model(ALGO, weights="pretrained")
+    _onnx_equals_torch(model.eval(), transform, info, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +85,13 @@ def model_index(tmp_path_factory):
     return root, paths, info
 
 
-def test_index_saves_the_numpy_copy_and_query_engines_agree(model_index):
+def test_index_saves_the_onnx_export_and_query_engines_agree(model_index):
     root, paths, info = model_index
-    assert info["numpy_model"]["cosine"] > 1 - 1e-5 and load_network(root / "index") is not None
+    assert info["onnx_model"]["cosine"] > 1 - 1e-5 and (root / "index" / MODEL_FILE).is_file()
     queries = paths[:3]
     fast = run_query(queries, str(root / "index"), k=5, device="cpu", echo=lambda *_: None)
     slow = run_query(queries, str(root / "index"), k=5, device="cpu", engine="torch", echo=lambda *_: None)
-    assert fast["engine"] == "numpy" and slow["engine"] == "torch"
+    assert fast["engine"] == "onnx" and slow["engine"] == "torch"
     assert [r["neighbour"] for r in fast["results"]] == [r["neighbour"] for r in slow["results"]]
     np.testing.assert_allclose([r["similarity"] for r in fast["results"]],
                                [r["similarity"] for r in slow["results"]], atol=1e-5)
@@ -109,7 +117,7 @@ def hash_index(model_index):
     featurizer = Featurizer("Phash 64 bits")
     names, codes = featurizer.files(paths)
     info = build_from_features(root / "hash_index", names, codes, featurizer, threshold=4)
-    assert info["numpy_model"] is None and load_network(root / "hash_index") is None
+    assert info["onnx_model"] is None and not (root / "hash_index" / MODEL_FILE).exists()
     return root / "hash_index"
 
 
@@ -127,7 +135,7 @@ def test_fresh_query_process_does_not_import_torch(model_index, hash_index, tmp_
     # Phash's DCT is scipy.fftpack's (imagehash's definition): a hash query imports that part of scipy, never torch
     assert ("IMPORTED []" if kind == "model" else "IMPORTED ['scipy']") in done.stdout
     result = json.loads(out.read_text())
-    assert result["engine"] == ("numpy" if kind == "model" else "hash")
+    assert result["engine"] == ("onnx" if kind == "model" else "hash")
     assert result["results"][0]["neighbour"] == paths[4]
 
 
@@ -152,3 +160,33 @@ def test_query_without_images_or_serve_is_an_error(model_index):
     done = subprocess.run([sys.executable, "query.py", "--index", str(root / "index")], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr and "--serve" in done.stderr
+
+
+def _refuse_by_cosine(session, x):
+    """ONNX Runtime's answer, perturbed: an export that does not match torch."""
+    y = session.run([onnx_model.OUTPUT], {onnx_model.INPUT: x})[0]
+    return y + np.random.default_rng(1).standard_normal(y.shape).astype(np.float32) * np.abs(y).max()
+
+
+def _fail_export(*args, **kwargs):
+    raise RuntimeError("Exporting the operator 'aten::made_up' to ONNX opset version 20 is not supported")
+
+
+@pytest.mark.parametrize("how", ["cosine", "export"])
+def test_refused_export_falls_back_to_torch(model_index, monkeypatch, tmp_path, how):
+    root, paths, _ = model_index
+    if how == "cosine":
+        monkeypatch.setattr(onnx_model, "_run", _refuse_by_cosine)
+    else:
+        monkeypatch.setattr(torch.onnx, "export", _fail_export)
+    featurizer = Featurizer(ALGO, weights="random", device="cpu")
+    names, features = featurizer.files(paths[:10])
+    folder = tmp_path / "refused"
+    info = build_from_features(folder, names, features, featurizer)
+    assert info["onnx_model"]["file"] is None and not (folder / MODEL_FILE).exists()
+    assert ("cosine" if how == "cosine" else "aten::made_up") in info["onnx_model"]["refused"]
+    assert json.loads((folder / "index.json").read_text())["onnx_model"] == info["onnx_model"]
+    result = run_query(paths[:1], str(folder), k=3, device="cpu", echo=lambda *_: None)
+    assert result["engine"] == "torch" and result["results"][0]["neighbour"] == paths[0]
+    with pytest.raises(ValueError, match="no ONNX export.*" + ("cosine" if how == "cosine" else "made_up")):
+        run_query(paths[:1], str(folder), k=3, device="cpu", engine="onnx", echo=lambda *_: None)
