@@ -416,6 +416,10 @@ def _run_pass(items, display, targets, item_fn, batch_fn, *, start, stop, chunk_
         return 0.0
     batches = [batch for _, chunk_batches in chunks for batch in chunk_batches]
     total = sum(len(batch) for batch in batches)
+    # A worker process pays off only with batches to share: one batch is decoded in this process (forking and
+    # tearing down the workers cost about 0.2-0.4 s per call, more than a batch of small images takes), and never
+    # more workers than batches.
+    workers = 0 if len(batches) <= 1 else min(workers, len(batches))
     loader = iter(make_loader(items, item_fn, batches, workers, device, max_pixels))
     prepare = getattr(item_fn, "prepare_batch", None)  # the GPU decode path decodes on the device here
     written = 0
@@ -590,6 +594,12 @@ def _extract_dataset_locked(job, dataset, paths, display, listing_skips, folders
                                    chunk_size, restart=force)))
     if targets:
         workers = auto_workers(device, job.hashes_only) if workers is None else workers
+        if job.hashes_only and workers > 0:
+            from .hashing import default_chunksize
+
+            # hashes: batches of about 1/8 of a worker's share, so that the workers finish together (3 batches of
+            # 64 on 2 workers would leave one idle for a third of the time); a batch's size changes no row
+            batch_size = min(batch_size, default_chunksize(stop - start, workers))
         batch_fn = job.batch_fn_factory([k for k, _ in targets])
         desc = f"{' + '.join(job.names[k] for k, _ in targets)} | {dataset.name}"
         if dist.distributed:
