@@ -11,14 +11,28 @@ and ``fast`` (reduced-size decoding). Every timed call runs in this process afte
 and the median wall time of each are reported, with CPU time (this process and its
 workers) and the ratios to imagededup measured in the same run.
 
-Folders (built under ``--work``, links to the photos, never inside the repository):
+Folders (``--folders``; built under ``--work``, never inside the repository):
 
+- ``one_file``: the first BSDS500 photo alone: the fixed cost of one call (listing, store, pool start-up);
 - ``bsds500_jpeg``: the 500 BSDS500 photos (JPEG, 481x321);
 - ``mixed``: the same 500 JPEGs plus ``--mixed-pngs`` PNG attacked copies of the BSDS500 test photos (written by
-  ``generate_attacks.py`` into ``--work/attacks`` when missing).
+  ``generate_attacks.py`` into ``--work/attacks`` when missing);
+- ``camera``: ``--camera`` (150) camera-size JPEGs, a stand-in for a folder of phone photos. Real collections are
+  8-12 megapixel camera photos, where the full decode that imagededup (and the exact mode) pays grows with the
+  pixels while the fast mode's DCT-domain decode at 1/8 scale does not; the 0.15-megapixel BSDS500 files cannot
+  show that, and no camera photos can be shipped or downloaded here. So the first ``--camera`` BSDS500 photos are
+  upscaled with LANCZOS to 4032x3024 (landscape) or 3024x4032 (portrait), 12.2 megapixels like a phone's main
+  camera; Gaussian noise (sigma 3 grey levels per channel, independent per pixel, about a phone sensor's at low
+  ISO) is added so that the JPEG holds realistic high-frequency content (a smooth upscale compresses to a
+  fraction of a real photo's size and would make the Huffman decoding, which every decode scale pays,
+  unrealistically cheap); saved as JPEG quality 90 (4:2:0) with an EXIF orientation tag: every third file is
+  stored sideways with orientation 6 (as phones store portrait shots), the others with orientation 1. Built in
+  parallel into ``--work/camera_photos`` once (about 1-3 CPU-s per photo), reused afterwards.
 
 Optional parts:
 
+- ``--camera-agreement``: the same for Ahash / Phash / Dhash 64 bits on the camera folder (the fast decode reduces
+  them much more: 1/8 scale, then a LANCZOS resize from about 500x380 instead of 4032x3024);
 - ``--agreement``: bits of the fast decode against imagehash 4.3.2 itself (mean Hamming distance, % identical
   hashes, largest distance) for Ahash / Phash / Dhash at 64 and 256 bits on the 500 photos, and the exact mode's
   (which must be 0 / 100 %);
@@ -31,7 +45,13 @@ Example (the figures of docs/hashing.md)::
     flock /work/bench.lock .venv/bin/python benchmarks/bench_hash_end_to_end.py --workers 2 --repeat 3 \\
         --agreement --recall
 
-Results: ``benchmarks/results/bench_hash_end_to_end.json``.
+Camera-size figures (docs/hashing.md)::
+
+    flock /work/bench.lock .venv/bin/python benchmarks/bench_hash_end_to_end.py --workers 2 --repeat 3 \\
+        --folders one_file,bsds500_jpeg,camera --camera-agreement \\
+        --output benchmarks/results/bench_hash_end_to_end_camera.json
+
+Results: ``benchmarks/results/bench_hash_end_to_end.json`` (``--output``).
 """
 import argparse
 import os
@@ -56,6 +76,8 @@ MODES = ("exact", "fast")
 AGREEMENT_HASHES = ("Ahash 64 bits", "Phash 64 bits", "Dhash 64 bits", "Ahash 256 bits", "Phash 256 bits",
                     "Dhash 256 bits")
 RECALL_HASHES = ("Dhash 64 bits", "Phash 64 bits")
+CAMERA_AGREEMENT_HASHES = ("Ahash 64 bits", "Phash 64 bits", "Dhash 64 bits")
+FOLDERS = ("one_file", "bsds500_jpeg", "mixed", "camera")
 
 
 def find_bsds(given):
@@ -94,6 +116,55 @@ def attacks_folder(bsds, work, workers):
     return attacks
 
 
+CAMERA_SIDES = (4032, 3024)  # a 12-megapixel phone sensor (4:3)
+CAMERA_NOISE_SIGMA = 3.0  # grey levels of Gaussian noise per channel, about a phone photo's sensor noise at ISO 100-400
+CAMERA_QUALITY = 90
+CAMERA_ROTATED_EVERY = 3  # every third file stored sideways with EXIF orientation 6, as phones store portraits
+
+
+def _camera_photo(job):
+    """One camera-size stand-in: ``source`` upscaled (LANCZOS) to 4032x3024 or 3024x4032, noise added, JPEG q90."""
+    index, source, target = job
+    from PIL import Image
+
+    rng = np.random.default_rng(index)
+    with Image.open(source) as original:
+        upright = original.convert("RGB")
+    size = CAMERA_SIDES if upright.width >= upright.height else CAMERA_SIDES[::-1]
+    pixels = np.asarray(upright.resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
+    pixels += rng.normal(0.0, CAMERA_NOISE_SIGMA, size=pixels.shape).astype(np.float32)
+    image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    if index % CAMERA_ROTATED_EVERY == 0:
+        # Stored sideways; orientation 6 tells the reader to rotate 270 degrees (ImageOps.exif_transpose), which
+        # gives back the upright photo.
+        image = image.transpose(Image.Transpose.ROTATE_90)
+        exif[0x0112] = 6
+    partial = target.with_suffix(".part")
+    image.save(partial, "JPEG", quality=CAMERA_QUALITY, exif=exif.tobytes())
+    partial.rename(target)
+    return target
+
+
+def camera_folder(photos, work, count, workers):
+    """``work/camera_<count>``: links to ``count`` camera-size JPEG stand-ins built from the first ``count``
+    ``photos`` into ``work/camera_photos`` (kept between runs: a file is built only when missing)."""
+    built = work / "camera_photos"
+    built.mkdir(parents=True, exist_ok=True)
+    jobs = [(i, path, built / (Path(path).stem + ".jpg")) for i, path in enumerate(photos[:count])]
+    missing = [job for job in jobs if not job[2].is_file()]
+    if missing:
+        import multiprocessing
+
+        started = time.time()
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_camera_photo, missing):
+                pass
+        print(f"{len(missing)} camera-size photos written in {time.time() - started:.0f} s", flush=True)
+    return link_folder(work / f"camera_{count}", [job[2] for job in jobs])
+
+
 def cpu_seconds():
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -115,8 +186,21 @@ def run_ours(folder, workers, mode, hash_name, out):
     return len(load_features(store, mmap=True))
 
 
+def megapixels(folder):
+    """Median size of the folder's images: ``(megapixels, megabytes)`` (pixels read from the headers)."""
+    from PIL import Image
+
+    sizes, nbytes = [], []
+    for path in list_images(folder):
+        with Image.open(path) as image:
+            sizes.append(image.width * image.height / 1e6)
+        nbytes.append(os.path.getsize(path) / 1e6)
+    return float(statistics.median(sizes)), float(statistics.median(nbytes))
+
+
 def time_folder(label, folder, args, out):
     n = len(list_images(folder))
+    mpix, mbytes = megapixels(folder)
     sides = {"imagededup PHash": lambda: run_imagededup(folder, args.workers)}
     for mode in MODES:
         sides[f"ours {mode}"] = (lambda m: lambda: run_ours(folder, args.workers, m, args.hash, out))(mode)
@@ -141,7 +225,8 @@ def time_folder(label, folder, args, out):
         rows.append({
             "folder": label, "n": n, "hash": args.hash if side != "imagededup PHash" else "imagededup PHash (64 bits)",
             "side": side, "mode": side.split()[-1] if side.startswith("ours") else "imagededup (full decode)",
-            "workers": args.workers, "threads": 1, "device": "cpu",
+            "workers": args.workers, "threads": 1, "device": "cpu", "megapixels": mpix,
+            "median_file_mb": mbytes,
             "best_wall_s": min(walls), "median_wall_s": statistics.median(walls), "median_cpu_s": statistics.median(cpus),
             "files_per_s_best": n / min(walls), "files_per_s_median": n / statistics.median(walls),
             "ratio_to_imagededup_best": min(r["wall_s"] for r in peer) / min(walls),
@@ -153,17 +238,18 @@ def time_folder(label, folder, args, out):
 
 
 def print_rows(rows):
-    print(f"{'folder':13s} {'n':>5s} {'side':17s} {'hash':26s} {'workers':>7s} {'threads':>7s} {'device':6s} "
+    print(f"{'folder':13s} {'n':>5s} {'MP':>5s} {'side':17s} {'hash':26s} {'workers':>7s} {'threads':>7s} {'device':6s} "
           f"{'files/s best':>12s} {'files/s med':>11s} {'ratio best':>10s} {'ratio med':>9s} {'cpu ratio':>9s}")
     for r in rows:
-        print(f"{r['folder']:13s} {r['n']:5d} {r['side']:17s} {r['hash']:26s} {r['workers']:7d} {r['threads']:7d} "
+        print(f"{r['folder']:13s} {r['n']:5d} {r['megapixels']:5.2f} {r['side']:17s} {r['hash']:26s} {r['workers']:7d} {r['threads']:7d} "
               f"{r['device']:6s} {r['files_per_s_best']:12.1f} {r['files_per_s_median']:11.1f} "
               f"{r['ratio_to_imagededup_best']:9.2f}x {r['ratio_to_imagededup_median_of_pairs']:8.2f}x "
               f"{r['cpu_ratio_to_imagededup']:8.2f}x")
 
 
-def agreement(files):
-    """Fast and exact decode against imagehash itself, per hash."""
+def agreement(files, hashes=AGREEMENT_HASHES, label="BSDS500 photos"):
+    """Fast and exact decode against imagehash itself (on the exactly decoded image, EXIF orientation applied),
+    per hash."""
     import imagehash
     from PIL import Image
 
@@ -171,7 +257,7 @@ def agreement(files):
     from helpers.image_io import load_image
 
     calls = {"ahash": imagehash.average_hash, "phash": imagehash.phash, "dhash": imagehash.dhash}
-    specs = H.resolve_hash_specs(AGREEMENT_HASHES)
+    specs = H.resolve_hash_specs(hashes)
     out = {}
     distances = {(spec.name, mode): [] for spec in specs for mode in MODES}
     for path in files:
@@ -188,7 +274,7 @@ def agreement(files):
         out.setdefault(name, {})[mode] = {"mean_hamming": float(values.mean()),
                                           "identical_pct": float(100 * np.mean(values == 0)),
                                           "max_hamming": int(values.max()), "n": int(values.size)}
-    print(f"bit agreement with imagehash 4.3.2 on {len(files)} BSDS500 photos (fast decode keeps "
+    print(f"bit agreement with imagehash 4.3.2 on {len(files)} {label} (fast decode keeps "
           f">= {H.FAST_DECODE_FACTOR}x the resize size):")
     print(f"  {'hash':16s} {'mode':6s} {'mean Hamming':>12s} {'identical':>9s} {'max':>4s}")
     for name, modes in out.items():
@@ -242,14 +328,24 @@ def main(argv=None):
     parser.add_argument("--mixed-pngs", type=int, default=2500,
                         help="PNG attacked copies added to the 500 JPEGs in the mixed folder; 0 leaves it out "
                              "(default: %(default)s)")
+    parser.add_argument("--camera", type=int, default=150,
+                        help="camera-size stand-ins in the camera folder (default: %(default)s)")
+    parser.add_argument("--folders", default="bsds500_jpeg,mixed",
+                        help=f"comma-separated folders to time, among {','.join(FOLDERS)} (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (a quick check)")
     parser.add_argument("--agreement", action="store_true", help="also measure the bit agreement with imagehash")
+    parser.add_argument("--camera-agreement", action="store_true",
+                        help=f"also measure it on the camera folder ({', '.join(CAMERA_AGREEMENT_HASHES)})")
     parser.add_argument("--recall", action="store_true", help="also measure recall@1 on the attacks, exact vs fast")
     parser.add_argument("--skip-timing", action="store_true", help="only --agreement / --recall")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "bench_hash_end_to_end.json"))
     args = parser.parse_args(argv)
-    if args.workers < 1 or args.repeat < 1:
-        parser.error("--workers and --repeat must be positive")
+    if args.workers < 1 or args.repeat < 1 or args.camera < 1:
+        parser.error("--workers, --repeat and --camera must be positive")
+    wanted = [name.strip() for name in args.folders.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(FOLDERS))
+    if unknown:
+        parser.error(f"unknown folder(s) {', '.join(unknown)}; choose among {', '.join(FOLDERS)}")
 
     bsds = find_bsds(args.bsds)
     work = Path(args.work)
@@ -258,13 +354,18 @@ def main(argv=None):
     if args.limit:
         photos = photos[:args.limit]
     jpeg = link_folder(work / "bsds500_jpeg", photos)
-    folders = [("bsds500_jpeg", jpeg)]
+    available = {"one_file": lambda: link_folder(work / "one_file", photos[:1]), "bsds500_jpeg": lambda: jpeg}
     attacks = None
-    if args.mixed_pngs or args.recall:
+    if ("mixed" in wanted and args.mixed_pngs) or args.recall:
         attacks = attacks_folder(bsds, work, args.workers)
-    if args.mixed_pngs:
+    if "mixed" in wanted and args.mixed_pngs:
         pngs = [str(p) for p in list_images(attacks) if p.suffix.lower() == ".png"][:args.mixed_pngs]
-        folders.append(("mixed", link_folder(work / "mixed", photos + pngs)))
+        available["mixed"] = lambda: link_folder(work / "mixed", photos + pngs)
+    camera = None
+    if "camera" in wanted or args.camera_agreement:
+        camera = camera_folder(photos, work, args.camera, args.workers)
+        available["camera"] = lambda: camera
+    folders = [(label, available[label]()) for label in wanted if label in available]
 
     import imagededup
     import threadpoolctl
@@ -279,7 +380,10 @@ def main(argv=None):
              "load_average_start": load, "workers": args.workers, "repeat": args.repeat, "hash": args.hash,
              "peer": f"imagededup {imagededup.__version__} PHash().encode_images(num_enc_workers={args.workers})",
              "ours": "extractor.extract.extract_features (extract_features.py's API, store written), --hash-decode",
-             "fast_decode_factor": FAST_DECODE_FACTOR, "device": "cpu", "threads": 1}
+             "fast_decode_factor": FAST_DECODE_FACTOR, "device": "cpu", "threads": 1,
+             "camera": {"n": args.camera, "size": list(CAMERA_SIDES), "noise_sigma": CAMERA_NOISE_SIGMA,
+                        "jpeg_quality": CAMERA_QUALITY, "orientation_6_every": CAMERA_ROTATED_EVERY,
+                        "source": "first BSDS500 photos, LANCZOS upscale"}}
     print(f"cpus {os.cpu_count()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; workers {args.workers}, "
           f"repeat {args.repeat}, threads 1, device cpu", flush=True)
     results = {"setup": setup, "timing": [], "folders": {label: str(path) for label, path in folders}}
@@ -292,6 +396,10 @@ def main(argv=None):
             write_json(args.output, results)  # kept if a later part fails
     if args.agreement:
         results["agreement"] = agreement(photos)
+        write_json(args.output, results)
+    if args.camera_agreement:
+        results["agreement_camera"] = agreement([str(p) for p in list_images(camera)], CAMERA_AGREEMENT_HASHES,
+                                                "camera-size stand-ins")
         write_json(args.output, results)
     if args.recall:
         results["recall"] = recall(jpeg, attacks, work, args.workers)

@@ -188,6 +188,12 @@ def _extract_dataset_locked(job, dataset, paths, display, listing_skips, folders
                                        display[start:stop], chunk_size, restart=force)))
     if targets:
         workers = auto_workers(device, job.hashes_only) if workers is None else workers
+        if job.hashes_only and workers > 0:
+            from .hashing import default_chunksize
+
+            # hashes: batches of about 1/8 of a worker's share, so that the workers finish together (3 batches of
+            # 64 on 2 workers would leave one idle for a third of the time); a batch's size changes no row
+            batch_size = min(batch_size, default_chunksize(stop - start, workers))
         batch_fn = job.batch_fn_factory([k for k, _ in targets])
         desc = f"{' + '.join(job.names[k] for k, _ in targets)} | {dataset.name}"
         if dist.distributed:

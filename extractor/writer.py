@@ -123,6 +123,10 @@ def run_pass(items, display, targets, item_fn, batch_fn, *, start, stop, chunk_s
         return 0.0
     batches = [batch for _, chunk_batches in chunks for batch in chunk_batches]
     total = sum(len(batch) for batch in batches)
+    # A worker process pays off only with batches to share: one batch is decoded in this process (forking and
+    # tearing down the workers cost about 0.2-0.4 s per call, more than a batch of small images takes), and never
+    # more workers than batches.
+    workers = 0 if len(batches) <= 1 else min(workers, len(batches))
     loader = iter(make_loader(items, item_fn, batches, workers, device, max_pixels))
     prepare = getattr(item_fn, "prepare_batch", None)  # the GPU decode path decodes on the device here
     began = time.perf_counter()
