@@ -100,17 +100,10 @@ def load_adaptation(path):
     ValueError
         When the file is missing or not an adaptation checkpoint.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"adaptation checkpoint not found: {path} (train_adaptation.py writes "
-                         "<save-to>/run_<i>/adaptation.pt)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise ValueError(f"{path} is not a readable torch checkpoint: {str(exc).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an adaptation checkpoint ({CHECKPOINT_FORMAT}); train_adaptation.py "
-                         "writes them")
+    from helpers.checkpoints import load_tagged_checkpoint
+
+    payload = load_tagged_checkpoint(path, CHECKPOINT_FORMAT, "adaptation checkpoint",
+                                     "train_adaptation.py writes <save-to>/run_<i>/adaptation.pt")
     module = AdaptationModule(payload["in_dim"], payload["kind"], payload["out_dim"], payload.get("pca_dim"))
     module.load_state_dict(payload["state_dict"])
     module.eval()

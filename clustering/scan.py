@@ -267,17 +267,10 @@ def save_heads(path, model, features=None, **info):
 def load_heads(path, with_features=False):
     """Read :func:`save_heads`'s file; returns ``(model, info)`` (``(model, info, features record)`` with
     ``with_features``). A missing or foreign file is a ``ValueError`` saying what to do."""
-    from pathlib import Path
+    from helpers.checkpoints import load_tagged_checkpoint
 
-    if not Path(path).is_file():
-        raise ValueError(f"SCAN checkpoint not found: {path} (scan.py writes <save-to>/run_<i>/scan.pt and "
-                         "selflabel.pt)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise ValueError(f"{path} is not a readable torch checkpoint: {str(exc).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a SCAN checkpoint ({CHECKPOINT_FORMAT}); scan.py writes them")
+    payload = load_tagged_checkpoint(path, CHECKPOINT_FORMAT, "SCAN checkpoint",
+                                     "scan.py writes <save-to>/run_<i>/scan.pt and selflabel.pt")
     model = ClusteringHeads(payload["in_dim"], payload["num_clusters"], 1, payload["hidden"])
     model.load_state_dict(payload["state_dict"])
     info = dict(payload.get("info") or {})

@@ -57,3 +57,15 @@ def image_folder(tmp_path):
     for i in range(6):
         synthetic_photo(64 + 8 * i, 48 + 4 * i, seed=i).save(folder / f"img{i}.png")
     return folder
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for tests of tiny models: faster than two threads fighting over a loaded 2-core machine
+    (OpenMP spin-waits). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -43,13 +43,7 @@ def test_selection_matches_numpy_brute_force(block_size):
         assert dist == pytest.approx(expected[row][1], abs=1e-5)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These models are tiny: one thread is faster than two fighting over a loaded 2-core machine (OpenMP spin)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_pool_smaller_than_k():

@@ -18,13 +18,7 @@ from fast_search.synthetic import write_store
 from tests.conftest import REPO_ROOT, exit_code
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These models are tiny: one thread is faster than two fighting over a loaded 2-core machine (OpenMP spin)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_scan_loss_matches_a_hand_computed_case():

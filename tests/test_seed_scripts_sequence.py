@@ -18,12 +18,7 @@ from helpers.feature_store import feature_dir, load_features
 ALGO = "ResNet18 1x"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _call(main, *args):
